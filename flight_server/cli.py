@@ -1,0 +1,82 @@
+"""`thanosql-server`: start the Flight SQL server on a data directory."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_DATA_DIR = "./thanosql-data"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    env = os.environ.get
+    p = argparse.ArgumentParser(prog="thanosql-server", description=__doc__)
+    p.add_argument("--host", default=env("THANOSQL_HOST", "127.0.0.1"))
+    p.add_argument("--port", type=int, default=int(env("THANOSQL_PORT", "31337")),
+                   help="0 picks a free port (printed on start)")
+    p.add_argument("--data-dir", default=env("THANOSQL_DATA_DIR", DEFAULT_DATA_DIR),
+                   help="catalog, tables and models live here (default %(default)s)")
+    p.add_argument("--allow-path", action="append", default=[], metavar="DIR",
+                   help="another folder SQL may read (COPY, external tables, audio); repeatable")
+    p.add_argument("--dataset-mirror", default=env("THANOSQL_DATASET_MIRROR"),
+                   help="local folder holding the datasets of GET THANOSQL DATASET")
+    p.add_argument("--token", action="append", default=[],
+                   help="accept 'Authorization: Bearer TOKEN' (also env THANOSQL_API_TOKEN)")
+    p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
+                   help="accept this user/password (Flight handshake, as JDBC does); repeatable")
+    p.add_argument("--tls-cert", help="PEM certificate: serve grpc+tls")
+    p.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    p.add_argument("--log-level", default=env("THANOSQL_LOG_LEVEL", "INFO"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pyarrow appends a Python traceback to error messages sent to clients unless this
+    # is 0; our own logs format tracebacks with an explicit limit (flight_server.errors).
+    sys.tracebacklimit = 0
+
+    from flight_server.auth import Authenticator
+    from flight_server.server import FlightSqlServer
+    from planner.engine import Engine
+
+    tokens = list(args.token)
+    if os.environ.get("THANOSQL_API_TOKEN"):
+        tokens.append(os.environ["THANOSQL_API_TOKEN"])
+    users = {}
+    for spec in args.user:
+        name, sep, password = spec.partition(":")
+        if not sep:
+            print("--user takes NAME:PASSWORD", file=sys.stderr)
+            return 2
+        users[name] = password
+    tls = None
+    scheme = "grpc"
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            print("--tls-cert and --tls-key go together", file=sys.stderr)
+            return 2
+        tls = [(Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())]
+        scheme = "grpc+tls"
+
+    engine = Engine(args.data_dir, allowed_roots=args.allow_path, dataset_mirror=args.dataset_mirror)
+    for problem in engine.load_problems:
+        logging.getLogger("thanosql.server").warning("could not restore %s", problem)
+    server = FlightSqlServer(engine, f"{scheme}://{args.host}:{args.port}",
+                             authenticator=Authenticator(tokens, users), tls_certificates=tls)
+    print(f"thanosql-server listening on {scheme}://{args.host}:{server.port} "
+          f"(data directory {engine.data_dir})", flush=True)
+    try:
+        server.serve()
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,378 @@
+"""The Arrow Flight SQL endpoint: decodes commands and hands them to the planner.
+
+This module knows the protocol (commands, tickets, handles, result encodings) and
+nothing of SQL or ML. Every handler leaves through `translated`, so clients get a
+clean message with the right gRPC status and the server keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.flight as flight
+
+from flight_server import metadata as md
+from flight_server import protocol as P
+from flight_server.auth import AuthMiddlewareFactory, Authenticator
+from flight_server.errors import translated, translated_batches
+from flight_server.handles import HandleStore
+from planner.engine import Engine
+from planner.errors import InvalidInput, NotFound, Unsupported
+from planner.plans import CancelToken, Plan
+
+log = logging.getLogger("thanosql.server")
+
+SERVER_NAME = "thanosql-flight"
+SERVER_VERSION = "0.1.0"
+DEFAULT_HANDLE_TTL = 15 * 60.0
+UPDATE_RESULT_SCHEMA = pa.schema([("count", pa.int64())])
+
+
+@dataclass
+class Prepared:
+    plan: Plan
+    params: pa.RecordBatch | None = None
+
+
+@dataclass
+class Execution:
+    """A planned statement waiting for DoGet, and the token that cancels it."""
+    plan: Plan
+    params: pa.RecordBatch | None
+    cancel: CancelToken = field(default_factory=CancelToken)
+
+
+def _sql_info_values() -> dict[int, object]:
+    S = md.SqlInfo
+    keywords = ["BUILD", "FIT", "PREDICT", "EVALUATE", "MODEL", "OPTIONS", "COPY", "LIST", "THANOSQL",
+                "DATASET", "PRINT", "AUDIO", "EXTERNAL", "LOCATION", "STORED"]
+    return {
+        S.FLIGHT_SQL_SERVER_NAME: SERVER_NAME,
+        S.FLIGHT_SQL_SERVER_VERSION: SERVER_VERSION,
+        S.FLIGHT_SQL_SERVER_ARROW_VERSION: pa.__version__,
+        S.FLIGHT_SQL_SERVER_READ_ONLY: False,
+        S.FLIGHT_SQL_SERVER_SQL: True,
+        S.FLIGHT_SQL_SERVER_SUBSTRAIT: False,
+        S.FLIGHT_SQL_SERVER_TRANSACTION: 0,  # SQL_SUPPORTED_TRANSACTION_NONE
+        S.FLIGHT_SQL_SERVER_CANCEL: True,
+        S.FLIGHT_SQL_SERVER_BULK_INGESTION: True,
+        S.FLIGHT_SQL_SERVER_INGEST_TRANSACTIONS_SUPPORTED: False,
+        S.FLIGHT_SQL_SERVER_STATEMENT_TIMEOUT: 0,
+        S.FLIGHT_SQL_SERVER_TRANSACTION_TIMEOUT: 0,
+        S.SQL_DDL_CATALOG: False,
+        S.SQL_DDL_SCHEMA: False,
+        S.SQL_DDL_TABLE: True,
+        S.SQL_IDENTIFIER_CASE: 3,  # SQL_CASE_SENSITIVITY_LOWERCASE: unquoted names fold to lower case
+        S.SQL_IDENTIFIER_QUOTE_CHAR: '"',
+        S.SQL_QUOTED_IDENTIFIER_CASE: 0,  # case-sensitive: no enum value, so UNKNOWN
+        S.SQL_ALL_TABLES_ARE_SELECTABLE: True,
+        S.SQL_NULL_ORDERING: 2,  # SQL_NULLS_SORTED_AT_END... DataFusion sorts NULLs last ascending
+        S.SQL_KEYWORDS: keywords,
+        S.SQL_NUMERIC_FUNCTIONS: ["abs", "ceil", "floor", "round", "sqrt", "power", "ln", "log", "exp"],
+        S.SQL_STRING_FUNCTIONS: ["lower", "upper", "length", "substr", "concat", "trim", "replace"],
+        S.SQL_SYSTEM_FUNCTIONS: ["version"],
+        S.SQL_DATETIME_FUNCTIONS: ["now", "date_trunc", "date_part", "to_timestamp"],
+        S.SQL_SEARCH_STRING_ESCAPE: "\\",
+        S.SQL_EXTRA_NAME_CHARACTERS: "",
+        S.SQL_SUPPORTS_COLUMN_ALIASING: True,
+        S.SQL_NULL_PLUS_NULL_IS_NULL: True,
+        S.SQL_SUPPORTS_TABLE_CORRELATION_NAMES: True,
+        S.SQL_SUPPORTS_EXPRESSIONS_IN_ORDER_BY: True,
+        S.SQL_SUPPORTS_ORDER_BY_UNRELATED: True,
+        S.SQL_SUPPORTS_LIKE_ESCAPE_CLAUSE: True,
+        S.SQL_SUPPORTS_NON_NULLABLE_COLUMNS: True,
+        S.SQL_SUPPORTS_INTEGRITY_ENHANCEMENT_FACILITY: False,
+        S.SQL_CATALOG_TERM: "catalog",
+        S.SQL_SCHEMA_TERM: "schema",
+        S.SQL_PROCEDURE_TERM: "procedure",
+        S.SQL_CATALOG_AT_START: True,
+        S.SQL_SELECT_FOR_UPDATE_SUPPORTED: False,
+        S.SQL_STORED_PROCEDURES_SUPPORTED: False,
+        S.SQL_CORRELATED_SUBQUERIES_SUPPORTED: True,
+        S.SQL_MAX_COLUMN_NAME_LENGTH: 0,
+        S.SQL_MAX_TABLE_NAME_LENGTH: 0,
+        S.SQL_TRANSACTIONS_SUPPORTED: False,
+        S.SQL_BATCH_UPDATES_SUPPORTED: True,
+        S.SQL_SAVEPOINTS_SUPPORTED: False,
+        S.SQL_NAMED_PARAMETERS_SUPPORTED: False,
+        S.SQL_LOCATORS_UPDATE_COPY: False,
+        S.SQL_STORED_FUNCTIONS_USING_CALL_SYNTAX_SUPPORTED: False,
+    }
+
+
+class FlightSqlServer(flight.FlightServerBase):
+    def __init__(self, engine: Engine, location: str = "grpc://127.0.0.1:31337",
+                 authenticator: Authenticator | None = None, tls_certificates=None,
+                 handle_ttl: float = DEFAULT_HANDLE_TTL):
+        middleware = {}
+        if authenticator is not None and authenticator.enabled:
+            middleware["auth"] = AuthMiddlewareFactory(authenticator)
+        super().__init__(location, tls_certificates=tls_certificates, middleware=middleware)
+        self.engine = engine
+        self.prepared: HandleStore[Prepared] = HandleStore(handle_ttl, "prepared statement")
+        self.pending: HandleStore[Execution] = HandleStore(handle_ttl, "ticket")
+        self._running: dict[bytes, CancelToken] = {}
+        self._running_lock = threading.Lock()
+        self.sql_info = _sql_info_values()
+
+    # --- GetFlightInfo / GetSchema -----------------------------------------------------
+
+    @translated
+    def get_flight_info(self, context, descriptor):
+        command = self._command(descriptor)
+        schema, ticket = self._plan_command(command)
+        endpoint = flight.FlightEndpoint(ticket, [])
+        return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
+
+    @translated
+    def get_schema(self, context, descriptor):
+        command = self._command(descriptor)
+        if isinstance(command, P.CommandStatementQuery):
+            plan = self.engine.prepare(command.query)
+            return flight.SchemaResult(UPDATE_RESULT_SCHEMA if plan.is_update else plan.dataset_schema)
+        if isinstance(command, P.CommandPreparedStatementQuery):
+            return flight.SchemaResult(self._prepared(command.prepared_statement_handle).plan.dataset_schema)
+        schema = _METADATA_SCHEMAS.get(P.type_name(command))
+        if schema is None:
+            raise Unsupported(f"GetSchema does not apply to {P.type_name(command)}")
+        if isinstance(command, P.CommandGetTables) and command.include_schema:
+            schema = md.TABLES_SCHEMA_WITH_SCHEMA
+        return flight.SchemaResult(schema)
+
+    def _command(self, descriptor):
+        if descriptor.descriptor_type != flight.DescriptorType.CMD:
+            raise InvalidInput("this server takes Flight SQL commands (CMD descriptors), not paths")
+        return P.unpack(descriptor.command)
+
+    def _plan_command(self, command) -> tuple[pa.Schema, flight.Ticket]:
+        """The result schema and ticket of a command; nothing runs yet."""
+        if isinstance(command, P.CommandStatementQuery):
+            plan = self.engine.prepare(command.query)
+            return self._ticket_for(plan, None)
+        if isinstance(command, P.CommandPreparedStatementQuery):
+            prepared = self._prepared(command.prepared_statement_handle)
+            return self._ticket_for(prepared.plan, prepared.params)
+        if P.type_name(command) in _METADATA_SCHEMAS:
+            table = self._metadata(command)
+            return table.schema, flight.Ticket(P.pack(command))
+        raise Unsupported(f"GetFlightInfo does not support {P.type_name(command)}")
+
+    def _ticket_for(self, plan: Plan, params) -> tuple[pa.Schema, flight.Ticket]:
+        handle = self.pending.add(Execution(plan, params))
+        schema = UPDATE_RESULT_SCHEMA if plan.is_update else plan.dataset_schema
+        return schema, flight.Ticket(P.pack(P.TicketStatementQuery(statement_handle=handle)))
+
+    def _prepared(self, handle: bytes) -> Prepared:
+        prepared = self.prepared.get(handle)
+        if prepared is None:
+            raise NotFound("unknown or expired prepared statement handle; prepare the statement again")
+        return prepared
+
+    # --- DoGet --------------------------------------------------------------------------
+
+    @translated
+    def do_get(self, context, ticket):
+        command = P.unpack(ticket.ticket)
+        if isinstance(command, P.TicketStatementQuery):
+            return self._execute(context, command.statement_handle)
+        if P.type_name(command) in _METADATA_SCHEMAS:
+            return flight.RecordBatchStream(self._metadata(command))
+        raise Unsupported(f"DoGet does not support {P.type_name(command)}")
+
+    def _execute(self, context, handle: bytes):
+        execution = self.pending.pop(handle)
+        if execution is None:
+            raise NotFound("unknown or expired ticket; run the statement again")
+        execution.cancel.probe = context.is_cancelled
+        with self._running_lock:
+            self._running[handle] = execution.cancel
+        try:
+            if execution.plan.is_update:
+                count = self.engine.execute_update(execution.plan, execution.params, execution.cancel)
+                return flight.RecordBatchStream(pa.table({"count": [count]}, schema=UPDATE_RESULT_SCHEMA))
+            reader = self.engine.execute_query(execution.plan, execution.params, execution.cancel)
+        except BaseException:
+            self._finished(handle)
+            raise
+        return flight.GeneratorStream(reader.schema, self._stream(handle, reader))
+
+    def _stream(self, handle: bytes, reader):
+        try:
+            yield from translated_batches(reader)
+        finally:
+            self._finished(handle)
+
+    def _finished(self, handle: bytes) -> None:
+        with self._running_lock:
+            self._running.pop(handle, None)
+
+    # --- DoPut --------------------------------------------------------------------------
+
+    @translated
+    def do_put(self, context, descriptor, reader, writer):
+        command = self._command(descriptor)
+        if isinstance(command, P.CommandStatementUpdate):
+            # ADBC sends no data message here: reading would wait for one.
+            plan = self.engine.prepare(command.query)
+            count = self.engine.execute_update(plan, None, CancelToken(context.is_cancelled))
+            self._write_update_result(writer, count)
+        elif isinstance(command, P.CommandPreparedStatementUpdate):
+            prepared = self._prepared(command.prepared_statement_handle)
+            params = _read_params(reader)
+            count = self.engine.execute_update(prepared.plan, params if params is not None else prepared.params,
+                                               CancelToken(context.is_cancelled))
+            self._write_update_result(writer, count)
+        elif isinstance(command, P.CommandPreparedStatementQuery):
+            prepared = self._prepared(command.prepared_statement_handle)
+            prepared.params = _read_params(reader)
+            result = P.DoPutPreparedStatementResult(prepared_statement_handle=command.prepared_statement_handle)
+            writer.write(pa.py_buffer(result.SerializeToString()))
+        elif isinstance(command, P.CommandStatementIngest):
+            count = self._ingest(command, reader)
+            self._write_update_result(writer, count)
+        else:
+            raise Unsupported(f"DoPut does not support {P.type_name(command)}")
+
+    @staticmethod
+    def _write_update_result(writer, count: int) -> None:
+        writer.write(pa.py_buffer(P.DoPutUpdateResult(record_count=count).SerializeToString()))
+
+    def _ingest(self, command, reader) -> int:
+        if command.temporary:
+            raise Unsupported("temporary tables are not supported: ingest into a persisted table")
+        if command.HasField("transaction_id"):
+            raise Unsupported("transactions are not supported")
+        opts = command.table_definition_options
+        TD = P.CommandStatementIngest.TableDefinitionOptions
+        create = opts.if_not_exist != TD.TABLE_NOT_EXIST_OPTION_FAIL
+        exists = opts.if_exists
+        if exists == TD.TABLE_EXISTS_OPTION_REPLACE:
+            if not create and not self.engine.object_exists(command.table.lower()):
+                raise NotFound(f"table '{command.table}' does not exist")
+            mode = "replace"
+        elif exists == TD.TABLE_EXISTS_OPTION_APPEND:
+            mode = "create_append" if create else "append"
+        else:
+            mode = "create" if create else "append"
+        return self.engine.ingest(command.table, reader.to_reader(), mode)
+
+    # --- DoAction -----------------------------------------------------------------------
+
+    def list_actions(self, context):
+        return [(P.CREATE_PREPARED_STATEMENT, "Prepare a SQL or ThanoSQL statement"),
+                (P.CLOSE_PREPARED_STATEMENT, "Release a prepared statement"),
+                (P.CANCEL_FLIGHT_INFO, "Cancel a running statement"),
+                (P.CLOSE_SESSION, "End the session")]
+
+    @translated
+    def do_action(self, context, action):
+        kind, body = action.type, action.body.to_pybytes() if action.body else b""
+        if kind == P.CREATE_PREPARED_STATEMENT:
+            request = P.unpack(body)
+            if not isinstance(request, P.ActionCreatePreparedStatementRequest):
+                raise InvalidInput("CreatePreparedStatement expects ActionCreatePreparedStatementRequest")
+            if request.HasField("transaction_id"):
+                raise Unsupported("transactions are not supported")
+            plan = self.engine.prepare(request.query)
+            handle = self.prepared.add(Prepared(plan))
+            result = P.ActionCreatePreparedStatementResult(
+                prepared_statement_handle=handle,
+                dataset_schema=plan.dataset_schema.serialize().to_pybytes(),
+                parameter_schema=plan.parameter_schema.serialize().to_pybytes(),
+                is_update=plan.is_update)
+            return [P.pack(result)]
+        if kind == P.CLOSE_PREPARED_STATEMENT:
+            request = P.unpack(body)
+            self.prepared.pop(request.prepared_statement_handle)
+            return []
+        if kind in (P.CANCEL_FLIGHT_INFO, P.CANCEL_QUERY):
+            return [self._cancel(kind, body)]
+        if kind == P.CLOSE_SESSION:
+            return [P.CloseSessionResult(status=P.CloseSessionResult.CLOSED).SerializeToString()]
+        if kind in (P.BEGIN_TRANSACTION, P.END_TRANSACTION, P.BEGIN_SAVEPOINT, P.END_SAVEPOINT):
+            raise Unsupported("transactions are not supported: every statement commits on its own")
+        raise Unsupported(f"unknown action '{kind}'")
+
+    def _cancel(self, kind: str, body: bytes) -> bytes:
+        if kind == P.CANCEL_FLIGHT_INFO:
+            info_bytes = P.parse(P.CancelFlightInfoRequest, body).info
+        else:
+            info_bytes = P.unpack(body).info
+        info = flight.FlightInfo.deserialize(info_bytes)
+        cancelled = False
+        for endpoint in info.endpoints:
+            command = P.unpack(endpoint.ticket.ticket)
+            if not isinstance(command, P.TicketStatementQuery):
+                continue
+            handle = command.statement_handle
+            with self._running_lock:
+                token = self._running.get(handle)
+            pending = self.pending.pop(handle)
+            for target in (token, pending.cancel if pending else None):
+                if target is not None:
+                    target.set()
+                    cancelled = True
+        if kind == P.CANCEL_FLIGHT_INFO:
+            status = P.CANCEL_STATUS_CANCELLED if cancelled else P.CANCEL_STATUS_NOT_CANCELLABLE
+            return P.CancelFlightInfoResult(status=status).SerializeToString()
+        R = P.ActionCancelQueryResult
+        return P.pack(R(result=R.CANCEL_RESULT_CANCELLED if cancelled else R.CANCEL_RESULT_NOT_CANCELLABLE))
+
+    # --- metadata -----------------------------------------------------------------------
+
+    def _metadata(self, command) -> pa.Table:
+        e = self.engine
+        if isinstance(command, P.CommandGetSqlInfo):
+            return md.sql_info_table(self.sql_info, list(command.info))
+        if isinstance(command, P.CommandGetCatalogs):
+            return md.catalogs_table(e.catalogs())
+        if isinstance(command, P.CommandGetDbSchemas):
+            return md.db_schemas_table(e.db_schemas(_opt(command, "catalog"),
+                                                    _opt(command, "db_schema_filter_pattern")))
+        if isinstance(command, P.CommandGetTables):
+            infos = e.tables(_opt(command, "catalog"), _opt(command, "db_schema_filter_pattern"),
+                             _opt(command, "table_name_filter_pattern"), list(command.table_types),
+                             include_schema=command.include_schema)
+            rows = [(t.catalog, t.db_schema, t.name, t.table_type, t.schema) for t in infos]
+            return md.tables_table(rows, command.include_schema)
+        if isinstance(command, P.CommandGetTableTypes):
+            return md.table_types_table(e.table_types())
+        if isinstance(command, P.CommandGetXdbcTypeInfo):
+            return md.xdbc_type_info(command.data_type if command.HasField("data_type") else None)
+        if isinstance(command, P.CommandGetPrimaryKeys):
+            return md.empty_primary_keys()
+        if isinstance(command, (P.CommandGetImportedKeys, P.CommandGetExportedKeys,
+                                P.CommandGetCrossReference)):
+            return md.empty_foreign_keys()
+        raise Unsupported(f"unsupported metadata command {P.type_name(command)}")
+
+
+def _opt(message, name: str):
+    return getattr(message, name) if message.HasField(name) else None
+
+
+def _read_params(reader) -> pa.RecordBatch | None:
+    """The bound parameter rows of a DoPut (None when the client sent no columns)."""
+    table = reader.read_all()
+    if table.num_columns == 0:
+        return None
+    table = table.combine_chunks()
+    batches = table.to_batches()
+    return batches[0] if batches else pa.RecordBatch.from_pylist([], schema=table.schema)
+
+
+_METADATA_SCHEMAS = {
+    "CommandGetSqlInfo": md.SQL_INFO_SCHEMA,
+    "CommandGetCatalogs": md.CATALOGS_SCHEMA,
+    "CommandGetDbSchemas": md.DB_SCHEMAS_SCHEMA,
+    "CommandGetTables": md.TABLES_SCHEMA,
+    "CommandGetTableTypes": md.TABLE_TYPES_SCHEMA,
+    "CommandGetXdbcTypeInfo": md.XDBC_TYPE_INFO_SCHEMA,
+    "CommandGetPrimaryKeys": md.PRIMARY_KEYS_SCHEMA,
+    "CommandGetImportedKeys": md.FOREIGN_KEYS_SCHEMA,
+    "CommandGetExportedKeys": md.FOREIGN_KEYS_SCHEMA,
+    "CommandGetCrossReference": md.FOREIGN_KEYS_SCHEMA,
+}

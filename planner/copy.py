@@ -1,0 +1,96 @@
+"""ThanoSQL's COPY ... FROM: a csv / parquet / json file, or a folder of audio files.
+
+Files are read as Arrow batches (never through Python rows). A CSV's relative audio
+paths are made absolute against the CSV's own folder, so a dataset folder can move.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from planner.errors import InvalidInput, NotFound
+from planner.paths import PathPolicy
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
+FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json",
+           ".ndjson": "json"}
+IF_EXISTS_MODES = {"fail": "create", "replace": "replace", "append": "create_append"}
+COPY_OPTIONS = {"if_exists": "'fail' (default), 'replace' or 'append'",
+                "format": "'csv', 'parquet' or 'json' (default: from the file's extension)",
+                "audio_col": "name of the path column made for a folder of audio files (default 'audio')",
+                "delimiter": "the CSV field delimiter (default ',')"}
+
+
+def copy_mode(options: dict) -> str:
+    unknown = sorted(set(options) - set(COPY_OPTIONS))
+    if unknown:
+        valid = "; ".join(f"{k}: {v}" for k, v in COPY_OPTIONS.items())
+        raise InvalidInput(f"unknown COPY option(s) {', '.join(unknown)}; valid options are {valid}")
+    value = options.get("if_exists", "fail")
+    if value not in IF_EXISTS_MODES:
+        raise InvalidInput(f"if_exists must be one of 'fail', 'replace', 'append'; got {value!r}")
+    return IF_EXISTS_MODES[value]
+
+
+def open_source(path_text: str, options: dict, policy: PathPolicy) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """The schema and batches of what `COPY ... FROM path_text` would load."""
+    path = policy.resolve(path_text)
+    if not path.exists():
+        raise NotFound(f"no file or folder at '{path_text}' (resolved to {path})")
+    if path.is_dir():
+        return _audio_folder(path, options.get("audio_col", "audio"))
+    fmt = options.get("format") or FORMATS.get(path.suffix.lower())
+    if fmt not in ("csv", "parquet", "json"):
+        raise InvalidInput(f"cannot tell the format of '{path.name}': give OPTIONS (format='csv'|'parquet'|'json')")
+    try:
+        if fmt == "parquet":
+            file = pq.ParquetFile(path)
+            return file.schema_arrow, file.iter_batches()
+        if fmt == "json":
+            table = pajson.read_json(path)
+        else:
+            delimiter = options.get("delimiter", "\t" if path.suffix.lower() == ".tsv" else ",")
+            table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+            table = _absolute_audio_paths(table, path.parent, policy)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InvalidInput(f"could not read '{path_text}' as {fmt}: {exc}") from None
+    return table.schema, iter(table.to_batches())
+
+
+def _audio_folder(folder: Path, column: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+    if not files:
+        raise InvalidInput(f"folder '{folder}' holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
+    table = pa.table({column: pa.array(files, pa.string())})
+    return table.schema, iter(table.to_batches())
+
+
+def _absolute_audio_paths(table: pa.Table, base: Path, policy: PathPolicy) -> pa.Table:
+    """Columns whose values are all audio file names become absolute, checked paths."""
+    for i, field in enumerate(table.schema):
+        if not pa.types.is_string(field.type) or table.num_rows == 0:
+            continue
+        column = table.column(i)
+        values = column.drop_null()
+        if len(values) == 0:
+            continue
+        lowered = pc.utf8_lower(values)
+        if not pc.all(_has_audio_extension(lowered)).as_py():
+            continue
+        resolved = [None if v is None else str(policy.resolve(v, relative_to=base)) for v in column.to_pylist()]
+        table = table.set_column(i, field, pa.array(resolved, pa.string()))
+    return table
+
+
+def _has_audio_extension(values: pa.Array) -> pa.Array:
+    result = pc.ends_with(values, AUDIO_EXTENSIONS[0])
+    for ext in AUDIO_EXTENSIONS[1:]:
+        result = pc.or_(result, pc.ends_with(values, ext))
+    return result

@@ -1,0 +1,236 @@
+"""The Engine: the one object the Flight SQL server talks to.
+
+It owns the shared DataFusion session (DataFusion's context is thread-safe for queries;
+catalog changes go through the store's lock), the embedded catalog and the model
+registry, and turns SQL text into plan nodes and plan nodes into Arrow results.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pyarrow as pa
+from datafusion import SessionConfig, SessionContext
+
+from planner import statements as st
+from planner import copy as copy_source
+from planner.errors import InvalidInput, NotFound, PlannerError, Unsupported
+from planner.paths import PathPolicy
+from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, explain_table, parameter_schema_of
+from planner.sql_plans import (
+    LIST_TABLES_SCHEMA, READ_ONLY, CopyFromPlan, CopyToPlan, CreateExternalPlan, CreateTablePlan,
+    CreateViewPlan, DropPlan, SqlDml, SqlQuery, StaticRows, list_tables, update_plan,
+)
+from planner.storage import TableStore, utf8_schema
+
+DEFAULT_CATALOG = "datafusion"
+DEFAULT_SCHEMA = "public"
+SYSTEM_SCHEMA = "thanosql"
+TRANSCRIBER_CACHE_SIZE = 2
+INGEST_MODES = ("create", "append", "replace", "create_append")
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    catalog: str
+    db_schema: str
+    name: str
+    table_type: str
+    schema: pa.Schema | None
+
+
+def session_config() -> SessionConfig:
+    return (SessionConfig()
+            .with_information_schema(True)
+            .set("datafusion.sql_parser.map_string_types_to_utf8view", "false")
+            .set("datafusion.execution.parquet.schema_force_view_types", "false")
+            .set("datafusion.catalog.default_catalog", DEFAULT_CATALOG)
+            .set("datafusion.catalog.default_schema", DEFAULT_SCHEMA))
+
+
+class Engine:
+    def __init__(self, data_dir: str | Path, allowed_roots: Iterable[str | Path] = (),
+                 dataset_mirror: str | Path | None = None):
+        self.data_dir = Path(data_dir).resolve()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config = session_config()
+        self.ctx = SessionContext(self.config)
+        self.policy = PathPolicy(self.data_dir, tuple(allowed_roots))
+        self.dataset_mirror = Path(dataset_mirror) if dataset_mirror else None
+        self.store = TableStore(self.data_dir, self.ctx)
+        from planner import system_tables
+        system_tables.register(self)
+        self.load_problems = self.store.load()
+        self._transcribers: dict[str, Any] = {}
+        self._transcribers_lock = threading.Lock()
+
+    @functools.cached_property
+    def registry(self):
+        """The model registry (ml/); created on first use so plain SQL never imports torch."""
+        from ml.registry import ModelRegistry
+        registry = ModelRegistry(self.data_dir)
+        registry.recover()
+        return registry
+
+    def transcriber(self, model_dir: str):
+        """A loaded inference model, kept for the next PREDICT (the last few are cached)."""
+        from ml.wav2vec2 import Transcriber
+        with self._transcribers_lock:
+            cached = self._transcribers.pop(model_dir, None) or Transcriber(model_dir)
+            self._transcribers[model_dir] = cached
+            while len(self._transcribers) > TRANSCRIBER_CACHE_SIZE:
+                self._transcribers.pop(next(iter(self._transcribers)))
+            return cached
+
+    def forget_transcribers(self, model_name: str) -> None:
+        marker = f"{os.sep}models{os.sep}{model_name}{os.sep}"
+        with self._transcribers_lock:
+            for key in [k for k in self._transcribers if marker in k]:
+                del self._transcribers[key]
+
+    # --- planning ------------------------------------------------------------------------
+
+    def prepare(self, sql: str) -> Plan:
+        """Plan `sql` without side effects: DDL, DML and ML work happen only in execute."""
+        statement = st.parse(sql)
+        if isinstance(statement, st.Query):
+            df = self.run_datafusion(lambda: self.ctx.sql_with_options(sql, READ_ONLY))
+            return SqlQuery(dataset_schema=utf8_schema(df.schema()),
+                            parameter_schema=parameter_schema_of(df.logical_plan()), sql=sql)
+        if isinstance(statement, st.Dml):
+            from planner.sql_plans import DML_ONLY
+            df = self.run_datafusion(lambda: self.ctx.sql_with_options(sql, DML_ONLY))
+            return SqlDml(dataset_schema=EMPTY_SCHEMA, is_update=True,
+                          parameter_schema=parameter_schema_of(df.logical_plan()), sql=sql)
+        if isinstance(statement, st.CreateTable):
+            return update_plan(CreateTablePlan, statement=statement)
+        if isinstance(statement, st.CreateView):
+            return update_plan(CreateViewPlan, statement=statement)
+        if isinstance(statement, st.CreateExternalTable):
+            self.policy.resolve(statement.location)  # refuse early, before anything reads it
+            return update_plan(CreateExternalPlan, statement=statement)
+        if isinstance(statement, st.Drop):
+            return update_plan(DropPlan, statement=statement)
+        if isinstance(statement, st.CopyFrom):
+            mode = copy_source.copy_mode(statement.options)
+            self.policy.resolve(statement.path)
+            return update_plan(CopyFromPlan, statement=statement, mode=mode)
+        if isinstance(statement, st.CopyTo):
+            self.policy.resolve(statement.path)
+            return update_plan(CopyToPlan, statement=statement)
+        if isinstance(statement, st.ListTables):
+            return StaticRows(dataset_schema=LIST_TABLES_SCHEMA, producer=lambda: list_tables(self),
+                              label="ListTables")
+        from planner import ml_plans
+        if isinstance(statement, st.Explain):
+            node = ml_plans.plan(self, statement.statement)
+            text = node.explain()
+            return StaticRows(dataset_schema=explain_table("").schema, producer=lambda: explain_table(text),
+                              label=f"Explain: {text}")
+        return ml_plans.plan(self, statement)
+
+    def run_datafusion(self, call: Callable[[], Any]) -> Any:
+        """Run a DataFusion call, turning its errors into planner errors with clean messages."""
+        try:
+            return call()
+        except PlannerError:
+            raise
+        except Exception as exc:  # DataFusion raises plain Exception/ValueError subclasses
+            raise datafusion_error(exc) from None
+
+    # --- execution -----------------------------------------------------------------------
+
+    def execute_query(self, plan: Plan, params: pa.RecordBatch | None = None,
+                      cancel: CancelToken | None = None) -> pa.RecordBatchReader:
+        if plan.is_update:
+            raise InvalidInput("this statement returns no rows; execute it as an update")
+        return plan.run(self, params, cancel or CancelToken())
+
+    def execute_update(self, plan: Plan, params: pa.RecordBatch | None = None,
+                       cancel: CancelToken | None = None) -> int:
+        if not plan.is_update:
+            # A query sent as an update (e.g. CommandStatementUpdate with a SELECT): run it,
+            # report its row count, as other Flight SQL servers do.
+            reader = plan.run(self, params, cancel or CancelToken())
+            return sum(b.num_rows for b in reader)
+        return int(plan.run(self, params, cancel or CancelToken()))
+
+    def ingest(self, table: str, reader: pa.RecordBatchReader, mode: str) -> int:
+        if mode not in INGEST_MODES:
+            raise InvalidInput(f"ingest mode must be one of {', '.join(INGEST_MODES)}")
+        if not table:
+            raise InvalidInput("bulk ingest needs a target table name")
+        return self.store.write_table(table.lower(), reader, reader.schema, mode)
+
+    def object_exists(self, name: str) -> bool:
+        return self.store.get(name) is not None or self.ctx.table_exist(name)
+
+    # --- metadata ------------------------------------------------------------------------
+
+    def catalogs(self) -> list[str]:
+        return sorted(self.ctx.catalog_names())
+
+    def db_schemas(self, catalog: str | None = None, pattern: str | None = None) -> list[tuple[str, str]]:
+        result = []
+        for cat in self.catalogs():
+            if catalog is not None and cat != catalog:
+                continue
+            for schema in sorted(self.ctx.catalog(cat).schema_names()):
+                if like(schema, pattern):
+                    result.append((cat, schema))
+        return result
+
+    def tables(self, catalog: str | None = None, schema_pattern: str | None = None,
+               table_pattern: str | None = None, types: list[str] | None = None,
+               include_schema: bool = False) -> list[TableInfo]:
+        wanted = {t.upper() for t in types} if types else None
+        result = []
+        for cat, schema in self.db_schemas(catalog, schema_pattern):
+            for name in sorted(self.ctx.catalog(cat).schema(schema).table_names()):
+                if not like(name, table_pattern):
+                    continue
+                kind = self._table_type(schema, name)
+                if wanted is not None and kind not in wanted:
+                    continue
+                arrow_schema = None
+                if include_schema:
+                    arrow_schema = utf8_schema(self.ctx.table(f'"{cat}"."{schema}"."{name}"').schema())
+                result.append(TableInfo(cat, schema, name, kind, arrow_schema))
+        return result
+
+    def table_types(self) -> list[str]:
+        return ["SYSTEM TABLE", "TABLE", "VIEW"]
+
+    def _table_type(self, schema: str, name: str) -> str:
+        if schema in ("information_schema", SYSTEM_SCHEMA):
+            return "SYSTEM TABLE"
+        stored = self.store.get(name) if schema == DEFAULT_SCHEMA else None
+        return "VIEW" if stored is not None and stored.kind == "view" else "TABLE"
+
+
+def like(value: str, pattern: str | None) -> bool:
+    """SQL LIKE with % and _ (Flight SQL's filter patterns)."""
+    if pattern is None or pattern == "%":
+        return True
+    import re
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, flags=re.DOTALL) is not None
+
+
+def datafusion_error(exc: Exception) -> PlannerError:
+    """DataFusion's message, without its Rust-side prefixes, as the right planner error."""
+    message = str(exc).strip()
+    for prefix in ("DataFusion error: ", "Execution error: "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    lowered = message.lower()
+    if ("not found" in lowered and ("table" in lowered or "schema" in lowered)):
+        return NotFound(message)
+    if "not implemented" in lowered or "unsupported" in lowered:
+        return Unsupported(message)
+    return InvalidInput(message)

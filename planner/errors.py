@@ -1,0 +1,37 @@
+"""Errors the planner raises; each maps to one gRPC status in flight_server.errors.
+
+They carry a message meant for the client: short, naming the offending thing, and
+listing what would have been valid where that helps.
+"""
+
+
+class PlannerError(Exception):
+    """Base class: a request failed for a reason the client should see."""
+
+
+class InvalidInput(PlannerError):
+    """Bad SQL, bad options, wrong parameters (INVALID_ARGUMENT)."""
+
+
+class NotFound(PlannerError):
+    """An unknown table, model or file (NOT_FOUND)."""
+
+
+class AlreadyExists(PlannerError):
+    """A table or model that must not exist does (ALREADY_EXISTS)."""
+
+
+class PermissionDenied(PlannerError):
+    """A path outside the allowed roots (PERMISSION_DENIED)."""
+
+
+class Cancelled(PlannerError):
+    """The client cancelled the statement (CANCELLED)."""
+
+
+class Unsupported(PlannerError):
+    """A statement this server does not implement (UNIMPLEMENTED)."""
+
+
+class Internal(PlannerError):
+    """An unexpected failure; the message is safe to show (INTERNAL)."""

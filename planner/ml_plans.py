@@ -1,0 +1,349 @@
+"""The ML statements as plan nodes over DataFusion's logical plan of their inner query.
+
+DataFusion's Python API cannot host a custom logical node, so BuildModel, FitModel,
+Predict and Evaluate are the project's own nodes: each holds the LogicalPlan of the
+query after AS, states its result schema at prepare time, and at execute time streams
+that plan's batches into ml/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import pyarrow as pa
+
+from planner import statements as st
+from planner.errors import AlreadyExists, Cancelled, Internal, InvalidInput, NotFound
+from planner.plans import CancelToken, Plan
+from planner.sql_plans import READ_ONLY, CopyFromPlan, StaticRows, stream_dataframe, update_plan
+from planner.storage import utf8_schema
+
+PREDICT_CHUNK_ROWS = 256  # rows per output batch: results stream while the rest is transcribed
+
+TRAIN_RESULT_SCHEMA = pa.schema([
+    ("model", pa.string()), ("version", pa.int64()), ("status", pa.string()),
+    ("epochs", pa.float64()), ("steps", pa.int64()), ("train_loss", pa.float64()),
+    ("audio_seconds", pa.float64()), ("seconds", pa.float64()),
+])
+METRICS_SCHEMA = pa.schema([pa.field("metric", pa.string(), nullable=False),
+                            pa.field("score", pa.float64())])
+
+
+@contextlib.contextmanager
+def ml_errors():
+    """ml/ raises its own errors (it knows no SQL); give them the planner's meaning."""
+    from ml import errors as ml
+    try:
+        yield
+    except ml.ModelNotFound as exc:
+        raise NotFound(str(exc)) from None
+    except ml.ModelExists as exc:
+        raise AlreadyExists(str(exc)) from None
+    except ml.CheckpointUnavailable as exc:
+        raise NotFound(str(exc)) from None
+    except (ml.BadOptions, ml.AudioError) as exc:
+        raise InvalidInput(str(exc)) from None
+    except ml.TrainingCancelled as exc:
+        raise Cancelled(str(exc)) from None
+    except ml.MLError as exc:
+        raise Internal(str(exc)) from None
+
+
+def plan(engine, statement: Any) -> Plan:
+    with ml_errors():
+        return _plan(engine, statement)
+
+
+def _plan(engine, statement: Any) -> Plan:
+    registry = engine.registry
+    if isinstance(statement, st.ListModels):
+        return _static(registry.list_models, "ListModels")
+    if isinstance(statement, st.ListModelClasses):
+        from ml.options import model_classes_table
+        return _static(model_classes_table, "ListThanosqlModels")
+    if isinstance(statement, st.ListDatasets):
+        from planner import datasets
+        return _static(datasets.list_datasets, "ListThanosqlDatasets")
+    if isinstance(statement, st.DescribeModel):
+        registry.model_dir(statement.name)  # NotFound now, not at execute
+        return _static(lambda: registry.describe(statement.name), f"DescribeModel: {statement.name}")
+    if isinstance(statement, st.DeleteModel):
+        return update_plan(DeleteModelPlan, statement=statement)
+    if isinstance(statement, st.GetDataset):
+        from planner import datasets
+        datasets.check_request(statement.name, statement.options)
+        return update_plan(GetDatasetPlan, statement=statement)
+    if isinstance(statement, (st.BuildModel, st.FitModel)):
+        return TrainNode.prepare(engine, statement)
+    if isinstance(statement, st.Predict):
+        return PredictNode.prepare(engine, statement)
+    if isinstance(statement, st.Evaluate):
+        return EvaluateNode.prepare(engine, statement)
+    if isinstance(statement, st.PrintAudio):
+        return PrintAudioNode.prepare(engine, statement)
+    raise InvalidInput(f"unsupported statement {type(statement).__name__}")  # pragma: no cover
+
+
+def _static(producer, label: str) -> StaticRows:
+    return StaticRows(dataset_schema=producer().schema, producer=producer, label=label)
+
+
+def _inner(engine, query: str):
+    """DataFusion's dataframe of the query after AS (planned, not run)."""
+    return engine.run_datafusion(lambda: engine.ctx.sql_with_options(query, READ_ONLY))
+
+
+def _require_columns(schema: pa.Schema, columns: dict[str, str], statement: str) -> None:
+    for option, name in columns.items():
+        if name not in schema.names:
+            raise InvalidInput(f"{statement}: column '{name}' (option {option}) is not in the query's "
+                               f"result; its columns are: {', '.join(schema.names)}")
+
+
+def _explain(node_line: str, df) -> str:
+    inner = df.logical_plan().display_indent().rstrip()
+    return node_line + "\n" + "\n".join("  " + line for line in inner.splitlines())
+
+
+def _audio_paths(engine, values: list[Any], row_offset: int) -> list[str]:
+    """Audio paths resolved against the data directory and confined to the allowed roots."""
+    paths = []
+    for i, value in enumerate(values):
+        if value is None or str(value).strip() == "":
+            raise InvalidInput(f"row {row_offset + i}: the audio path is empty")
+        paths.append(str(engine.policy.resolve(str(value))))
+    return paths
+
+
+def _collect_columns(engine, df, columns: list[str], cancel: CancelToken) -> dict[str, list]:
+    from datafusion import col
+    selected = df.select(*[col(f'"{c}"') for c in columns])
+    table = pa.Table.from_batches(list(stream_dataframe(selected, cancel)))
+    return {c: table.column(c).to_pylist() for c in columns}
+
+
+@dataclass
+class TrainNode(Plan):
+    """BuildModel / FitModel: train on the inner query's rows in a worker process."""
+    statement: Any = None
+    options: dict = field(default_factory=dict)
+    class_name: str = ""
+    base_model: str | None = None
+    df: Any = None
+
+    @classmethod
+    def prepare(cls, engine, statement) -> "TrainNode":
+        from ml import options as ml_options
+        registry = engine.registry
+        if isinstance(statement, st.FitModel):
+            info = registry.model_info(statement.source_model)
+            class_name = info["class_name"]
+            options = ml_options.validate(class_name, "fit", statement.options)
+            base_model = str(registry.model_dir(statement.source_model))
+            if statement.name != statement.source_model and registry.exists(statement.name) \
+                    and not options.get("overwrite"):
+                raise AlreadyExists(f"model '{statement.name}' already exists; FIT into a new name, into "
+                                    f"'{statement.source_model}' itself (a new version), or set overwrite=True")
+        else:
+            class_name = statement.class_name
+            options = ml_options.validate(class_name, "build", statement.options)
+            base_model = options.get("base_model")
+            if registry.exists(statement.name) and not options.get("overwrite"):
+                raise AlreadyExists(f"model '{statement.name}' already exists; set OPTIONS (overwrite=True) "
+                                    "to replace it, or FIT MODEL to train it further")
+        df = _inner(engine, statement.query)
+        _require_columns(utf8_schema(df.schema()), {"audio_col": options["audio_col"],
+                                                    "text_col": options["text_col"]},
+                         type(statement).__name__)
+        return cls(dataset_schema=TRAIN_RESULT_SCHEMA, statement=statement, options=options,
+                   class_name=class_name, base_model=base_model, df=df)
+
+    def explain(self) -> str:
+        kind = "FitModel" if isinstance(self.statement, st.FitModel) else "BuildModel"
+        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
+        return _explain(f"{kind}: name={self.statement.name} class={self.class_name} "
+                        f"base={self.base_model} options=[{opts}]", self.df)
+
+    def run(self, engine, params, cancel):
+        with ml_errors():
+            return self._run(engine, cancel)
+
+    def _run(self, engine, cancel: CancelToken):
+        from ml import worker
+        audio_col, text_col = self.options["audio_col"], self.options["text_col"]
+        data = _collect_columns(engine, self.df, [audio_col, text_col], cancel)
+        paths = _audio_paths(engine, data[audio_col], 0)
+        texts = data[text_col]
+        if not paths:
+            raise InvalidInput("the query after AS returned no rows to train on")
+        for i, text in enumerate(texts):
+            if text is None or not str(text).strip():
+                raise InvalidInput(f"row {i}: the transcript in column '{text_col}' is empty")
+        fit_from = self.statement.source_model if isinstance(self.statement, st.FitModel) else None
+        run = engine.registry.create_run(self.statement.name, self.class_name, self.options,
+                                         self.base_model, self.statement.query, fit_from=fit_from,
+                                         overwrite=bool(self.options.get("overwrite")))
+        summary = worker.run_training(engine.registry, run, list(zip(paths, texts)), self.options, cancel)
+        engine.forget_transcribers(self.statement.name)
+        row = {
+            "model": self.statement.name, "version": run.version, "status": "ready",
+            "epochs": summary.get("epochs"), "steps": summary.get("steps"),
+            "train_loss": summary.get("final_loss"), "audio_seconds": summary.get("audio_seconds"),
+            "seconds": summary.get("seconds"),
+        }
+        table = pa.Table.from_pylist([row], schema=TRAIN_RESULT_SCHEMA)
+        return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+
+
+@dataclass
+class PredictNode(Plan):
+    """Predict: every input column in order, plus the transcript in result_col."""
+    statement: Any = None
+    options: dict = field(default_factory=dict)
+    model_dir: str = ""
+    df: Any = None
+
+    @classmethod
+    def prepare(cls, engine, statement) -> "PredictNode":
+        from ml import options as ml_options
+        info = engine.registry.model_info(statement.model)
+        options = ml_options.validate(info["class_name"], "predict", statement.options)
+        df = _inner(engine, statement.query)
+        schema = utf8_schema(df.schema())
+        _require_columns(schema, {"audio_col": options["audio_col"]}, "PREDICT")
+        result_col = options["result_col"]
+        if result_col in schema.names:
+            raise InvalidInput(f"PREDICT: the query already has a column '{result_col}'; "
+                               "choose another OPTIONS (result_col=...)")
+        out = schema.append(pa.field(result_col, pa.string()))
+        return cls(dataset_schema=out, statement=statement, options=options,
+                   model_dir=str(engine.registry.model_dir(statement.model)), df=df)
+
+    def explain(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
+        return _explain(f"Predict: model={self.statement.model} options=[{opts}]", self.df)
+
+    def run(self, engine, params, cancel):
+        with ml_errors():
+            transcriber = engine.transcriber(self.model_dir)
+        reader = stream_dataframe(self.df, cancel)
+        return pa.RecordBatchReader.from_batches(self.dataset_schema,
+                                                 self._batches(engine, transcriber, reader, cancel))
+
+    def _batches(self, engine, transcriber, reader, cancel) -> Iterator[pa.RecordBatch]:
+        audio_col = self.options["audio_col"]
+        offset = 0
+        for batch in reader:
+            for start in range(0, batch.num_rows, PREDICT_CHUNK_ROWS):
+                chunk = batch.slice(start, PREDICT_CHUNK_ROWS)
+                paths = _audio_paths(engine, chunk.column(audio_col).to_pylist(), offset)
+                with ml_errors():
+                    texts = transcriber.transcribe(paths, self.options["batch_size"], row_offset=offset,
+                                                   should_stop=cancel.is_set)
+                cancel.check()
+                offset += chunk.num_rows
+                yield pa.RecordBatch.from_arrays([*chunk.columns, pa.array(texts, pa.string())],
+                                                 schema=self.dataset_schema)
+
+
+@dataclass
+class EvaluateNode(Plan):
+    """Evaluate: transcribe, then WER / CER against the reference transcripts."""
+    statement: Any = None
+    options: dict = field(default_factory=dict)
+    model_dir: str = ""
+    df: Any = None
+
+    @classmethod
+    def prepare(cls, engine, statement) -> "EvaluateNode":
+        from ml import options as ml_options
+        info = engine.registry.model_info(statement.model)
+        options = ml_options.validate(info["class_name"], "evaluate", statement.options)
+        df = _inner(engine, statement.query)
+        _require_columns(utf8_schema(df.schema()), {"audio_col": options["audio_col"],
+                                                    "text_col": options["text_col"]}, "EVALUATE")
+        return cls(dataset_schema=METRICS_SCHEMA, statement=statement, options=options,
+                   model_dir=str(engine.registry.model_dir(statement.model)), df=df)
+
+    def explain(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
+        return _explain(f"Evaluate: model={self.statement.model} options=[{opts}]", self.df)
+
+    def run(self, engine, params, cancel):
+        with ml_errors():
+            return self._run(engine, cancel)
+
+    def _run(self, engine, cancel):
+        from ml import metrics
+        audio_col, text_col = self.options["audio_col"], self.options["text_col"]
+        data = _collect_columns(engine, self.df, [audio_col, text_col], cancel)
+        paths = _audio_paths(engine, data[audio_col], 0)
+        if not paths:
+            raise InvalidInput("the query after AS returned no rows to evaluate on")
+        transcriber = engine.transcriber(self.model_dir)
+        hyps = transcriber.transcribe(paths, self.options["batch_size"], should_stop=cancel.is_set)
+        cancel.check()
+        scores = metrics.evaluation_table(data[text_col], hyps, paths)
+        return pa.RecordBatchReader.from_batches(METRICS_SCHEMA, scores.cast(METRICS_SCHEMA).to_batches())
+
+
+@dataclass
+class PrintAudioNode(Plan):
+    """PRINT AUDIO: the query's rows; the notebook client renders the audio column."""
+    audio_col: str = "audio"
+    df: Any = None
+
+    @classmethod
+    def prepare(cls, engine, statement) -> "PrintAudioNode":
+        unknown = set(statement.options) - {"audio_col"}
+        if unknown:
+            raise InvalidInput(f"unknown PRINT AUDIO option(s) {', '.join(sorted(unknown))}; valid: audio_col")
+        audio_col = statement.options.get("audio_col", "audio")
+        df = _inner(engine, statement.query)
+        schema = utf8_schema(df.schema())
+        _require_columns(schema, {"audio_col": audio_col}, "PRINT AUDIO")
+        return cls(dataset_schema=schema.with_metadata({"thanosql.audio_col": audio_col}),
+                   audio_col=audio_col, df=df)
+
+    def explain(self) -> str:
+        return _explain(f"PrintAudio: audio_col={self.audio_col}", self.df)
+
+    def run(self, engine, params, cancel):
+        reader = stream_dataframe(self.df, cancel)
+        return pa.RecordBatchReader.from_batches(self.dataset_schema, reader)
+
+
+@dataclass
+class DeleteModelPlan(Plan):
+    statement: Any = None
+
+    def run(self, engine, params, cancel):
+        with ml_errors():
+            if not engine.registry.exists(self.statement.name):
+                if self.statement.if_exists:
+                    return 0
+                engine.registry.model_dir(self.statement.name)  # raises NotFound listing the models
+            engine.registry.delete(self.statement.name)
+        engine.forget_transcribers(self.statement.name)
+        return 1
+
+
+@dataclass
+class GetDatasetPlan(Plan):
+    """GET THANOSQL DATASET: fetch the files, then COPY each of its tables."""
+    statement: Any = None
+
+    def run(self, engine, params, cancel):
+        from planner import datasets
+        overwrite = bool(self.statement.options.get("overwrite", False))
+        tables = datasets.fetch_dataset(self.statement.name, engine.data_dir, engine.dataset_mirror,
+                                        overwrite=overwrite)
+        total = 0
+        for table, csv_path in tables.items():
+            copy = st.CopyFrom(table, str(csv_path), {"if_exists": "replace" if overwrite else "fail"})
+            node = update_plan(CopyFromPlan, statement=copy, mode="replace" if overwrite else "create")
+            total += node.run(engine, None, cancel)
+        return total
+

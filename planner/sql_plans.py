@@ -1,0 +1,194 @@
+"""Plan nodes for plain SQL: queries and DML run by DataFusion, DDL persisted by the store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+from datafusion import SQLOptions, SessionContext
+
+from planner import copy as copy_source
+from planner.errors import AlreadyExists, InvalidInput
+from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, guarded, param_rows, reader_of
+from planner.storage import utf8_schema
+
+READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
+DML_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(True).with_allow_statements(False)
+
+
+def stream_dataframe(df: Any, cancel: CancelToken) -> pa.RecordBatchReader:
+    """Stream DataFusion's batches (never materialised whole), as plain utf8."""
+    reader = pa.RecordBatchReader.from_stream(df)
+    schema = utf8_schema(reader.schema)
+    if schema == reader.schema:
+        return guarded(schema, reader, cancel)
+    return guarded(schema, (b.cast(schema) for b in reader), cancel)
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+@dataclass
+class SqlQuery(Plan):
+    sql: str = ""
+
+    def explain(self) -> str:
+        return f"SqlQuery: {self.sql}"
+
+    def run(self, engine, params, cancel):
+        rows = param_rows(params, len(self.parameter_schema))
+        if len(rows) != 1:
+            raise InvalidInput(f"a query takes exactly one row of parameters; {len(rows)} were bound")
+        df = engine.run_datafusion(lambda: engine.ctx.sql_with_options(self.sql, READ_ONLY, param_values=rows[0]))
+        return stream_dataframe(df, cancel)
+
+
+@dataclass
+class SqlDml(Plan):
+    sql: str = ""
+
+    def run(self, engine, params, cancel):
+        total = 0
+        for values in param_rows(params, len(self.parameter_schema)):
+            cancel.check()
+            batches = engine.run_datafusion(
+                lambda: engine.ctx.sql_with_options(self.sql, DML_ONLY, param_values=values).collect())
+            total += sum(int(b.column(0)[0].as_py()) for b in batches if b.num_rows)
+        return total
+
+
+@dataclass
+class CreateTablePlan(Plan):
+    statement: Any = None
+
+    def run(self, engine, params, cancel):
+        st = self.statement
+        with engine.store.lock:
+            if engine.object_exists(st.name):
+                if st.if_not_exists:
+                    return 0
+                if not st.or_replace:
+                    raise AlreadyExists(f"table '{st.name}' already exists (use CREATE OR REPLACE TABLE, "
+                                        "or DROP TABLE first)")
+            if st.query is not None:
+                df = engine.run_datafusion(lambda: engine.ctx.sql_with_options(st.query, READ_ONLY))
+                reader = stream_dataframe(df, cancel)
+                return engine.store.write_table(st.name, reader, reader.schema, "replace")
+            # Column definitions: let DataFusion build the (empty or VALUES) table in a scratch
+            # context, so nothing lands in the shared one until it is stored.
+            scratch = SessionContext(engine.config)
+            sql = st.sql.replace("OR REPLACE", "", 1) if st.or_replace else st.sql
+            table = engine.run_datafusion(lambda: (scratch.sql(sql), scratch.table(st.name).to_arrow_table())[1])
+            return engine.store.write_table(st.name, table.to_batches(), table.schema, "replace")
+
+
+@dataclass
+class CreateViewPlan(Plan):
+    statement: Any = None
+
+    def run(self, engine, params, cancel):
+        st = self.statement
+        with engine.store.lock:
+            existing = engine.store.get(st.name)
+            if existing is not None and existing.kind != "view":
+                raise AlreadyExists(f"'{st.name}' is a {existing.kind}; drop it before creating a view")
+            engine.run_datafusion(lambda: engine.ctx.sql(st.sql).collect())
+            engine.store.remember(st.name, "view", st.sql)
+        return 0
+
+
+@dataclass
+class CreateExternalPlan(Plan):
+    statement: Any = None
+
+    def run(self, engine, params, cancel):
+        st = self.statement
+        location = engine.policy.resolve(st.location)
+        suffix = "/" if location.is_dir() else ""
+        sql = st.sql_before_location + quote_literal(str(location) + suffix) + st.sql_after_location
+        with engine.store.lock:
+            existing = engine.store.get(st.name)
+            if existing is not None and not st.or_replace:
+                if st.if_not_exists:
+                    return 0
+                raise AlreadyExists(f"'{st.name}' already exists")
+            if existing is not None and engine.ctx.table_exist(st.name):
+                engine.ctx.deregister_table(st.name)
+            engine.run_datafusion(lambda: engine.ctx.sql(sql.replace("OR REPLACE", "", 1)
+                                                         if st.or_replace else sql).collect())
+            engine.store.remember(st.name, "external", sql)
+        return 0
+
+
+@dataclass
+class DropPlan(Plan):
+    statement: Any = None
+
+    def run(self, engine, params, cancel):
+        return sum(engine.store.drop(name, self.statement.kind, self.statement.if_exists)
+                   for name in self.statement.names) and 0
+
+
+@dataclass
+class CopyFromPlan(Plan):
+    statement: Any = None
+    mode: str = "create"
+
+    def explain(self) -> str:
+        return f"CopyFrom: table={self.statement.table} path={self.statement.path} mode={self.mode}"
+
+    def run(self, engine, params, cancel):
+        st = self.statement
+        schema, batches = copy_source.open_source(st.path, st.options, engine.policy)
+        try:
+            return engine.store.write_table(st.table, batches, schema, self.mode)
+        except AlreadyExists as exc:
+            if self.mode == "create":
+                raise AlreadyExists(f"table '{st.table}' already exists; use COPY {st.table} "
+                                    "OPTIONS (if_exists='replace') or if_exists='append'") from None
+            raise exc
+
+
+@dataclass
+class CopyToPlan(Plan):
+    statement: Any = None
+
+    def run(self, engine, params, cancel):
+        target = engine.policy.resolve(self.statement.path)
+        sql = self.statement.sql.replace(quote_literal(self.statement.path), quote_literal(str(target)), 1)
+        batches = engine.run_datafusion(lambda: engine.ctx.sql(sql).collect())
+        return sum(int(b.column(0)[0].as_py()) for b in batches if b.num_rows)
+
+
+@dataclass
+class StaticRows(Plan):
+    """A small result computed at execute time (LIST ..., DESCRIBE MODEL)."""
+    producer: Any = None
+    label: str = ""
+
+    def explain(self) -> str:
+        return self.label or type(self).__name__
+
+    def run(self, engine, params, cancel):
+        table = self.producer()
+        if table.schema != self.dataset_schema:
+            table = table.cast(self.dataset_schema)
+        return reader_of(table)
+
+
+LIST_TABLES_SCHEMA = pa.schema([pa.field("table_name", pa.string(), nullable=False)])
+
+
+def list_tables(engine) -> pa.Table:
+    names = sorted(r for r in engine.ctx.catalog().schema("public").table_names())
+    return pa.table({"table_name": pa.array(names, pa.string())}, schema=LIST_TABLES_SCHEMA)
+
+
+def update_plan(cls, **kwargs) -> Plan:
+    return cls(dataset_schema=EMPTY_SCHEMA, is_update=True, **kwargs)

@@ -1,0 +1,521 @@
+"""Statement recognition: which statement a SQL text is, and its parts.
+
+sqlglot's tokenizer does the lexing (strings, quoted identifiers, comments, numbers), so
+no regex ever looks at raw SQL. The text after `AS` of an ML statement is handed to
+DataFusion unchanged; everything that is not ours (or a DDL we must persist) is a plain
+`Query` or `Dml` and goes to DataFusion as written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlglot.errors import TokenError
+from sqlglot.tokens import Token, Tokenizer, TokenType
+
+from planner.errors import InvalidInput, Unsupported
+
+
+# --- statement kinds -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Query:
+    """A read-only statement DataFusion plans and runs (SELECT, WITH, VALUES, EXPLAIN...)."""
+    sql: str
+
+
+@dataclass(frozen=True)
+class Dml:
+    """INSERT / UPDATE / DELETE, run by DataFusion against persisted listing tables."""
+    sql: str
+
+
+@dataclass(frozen=True)
+class CreateTable:
+    name: str
+    sql: str
+    query: str | None  # the SELECT of `CREATE TABLE t AS <query>`; None with column defs
+    if_not_exists: bool = False
+    or_replace: bool = False
+
+
+@dataclass(frozen=True)
+class CreateView:
+    name: str
+    sql: str
+    or_replace: bool = False
+
+
+@dataclass(frozen=True)
+class CreateExternalTable:
+    name: str
+    location: str
+    sql_before_location: str  # the statement up to the location literal
+    sql_after_location: str
+    if_not_exists: bool = False
+    or_replace: bool = False
+
+
+@dataclass(frozen=True)
+class Drop:
+    kind: str  # 'table' or 'view'
+    names: tuple[str, ...]
+    if_exists: bool = False
+
+
+@dataclass(frozen=True)
+class CopyFrom:
+    """ThanoSQL's `COPY table [OPTIONS (...)] FROM 'file or folder'`."""
+    table: str
+    path: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CopyTo:
+    """DataFusion's `COPY (query) TO 'path'`: allowed once its path is checked."""
+    sql: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ListTables:
+    pass
+
+
+@dataclass(frozen=True)
+class ListModels:
+    pass
+
+
+@dataclass(frozen=True)
+class ListModelClasses:
+    pass
+
+
+@dataclass(frozen=True)
+class ListDatasets:
+    pass
+
+
+@dataclass(frozen=True)
+class GetDataset:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildModel:
+    name: str
+    class_name: str
+    options: dict[str, Any]
+    query: str
+
+
+@dataclass(frozen=True)
+class FitModel:
+    name: str
+    source_model: str
+    options: dict[str, Any]
+    query: str
+
+
+@dataclass(frozen=True)
+class Predict:
+    model: str
+    options: dict[str, Any]
+    query: str
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    model: str
+    options: dict[str, Any]
+    query: str
+
+
+@dataclass(frozen=True)
+class PrintAudio:
+    options: dict[str, Any]
+    query: str
+
+
+@dataclass(frozen=True)
+class DeleteModel:
+    name: str
+    if_exists: bool = False
+
+
+@dataclass(frozen=True)
+class DescribeModel:
+    name: str
+
+
+@dataclass(frozen=True)
+class Explain:
+    """EXPLAIN of one of our statements (plain SQL EXPLAIN is a DataFusion Query)."""
+    statement: Any
+
+
+ML_STATEMENTS = (BuildModel, FitModel, Predict, Evaluate, PrintAudio)
+
+
+# --- the parser ------------------------------------------------------------------------
+
+class _Cursor:
+    """A position in the token list with the few look-ahead helpers the grammar needs."""
+
+    def __init__(self, sql: str, tokens: list[Token]):
+        self.sql = sql
+        self.tokens = tokens
+        self.i = 0
+
+    def peek(self, offset: int = 0) -> Token | None:
+        j = self.i + offset
+        return self.tokens[j] if j < len(self.tokens) else None
+
+    def word(self, offset: int = 0) -> str:
+        tok = self.peek(offset)
+        if tok is None or tok.token_type == TokenType.IDENTIFIER or tok.token_type == TokenType.STRING:
+            return ""
+        return tok.text.upper()
+
+    def accept(self, *words: str) -> bool:
+        if all(self.word(k) == w for k, w in enumerate(words)):
+            self.i += len(words)
+            return True
+        return False
+
+    def expect(self, word: str, context: str) -> None:
+        if not self.accept(word):
+            found = self.peek()
+            where = f"found '{found.text}'" if found else "the statement ended"
+            raise InvalidInput(f"{context}: expected {word}, {where}")
+
+    def name(self, what: str) -> str:
+        """An identifier; unquoted ones fold to lower case as in DataFusion."""
+        tok = self.peek()
+        if tok is None:
+            raise InvalidInput(f"expected {what}, but the statement ended")
+        if tok.token_type == TokenType.IDENTIFIER:
+            self.i += 1
+            return tok.text
+        if tok.token_type in (TokenType.STRING, TokenType.NUMBER) or not _is_word(tok.text):
+            raise InvalidInput(f"expected {what}, found '{tok.text}'")
+        self.i += 1
+        return tok.text.lower()
+
+    def string(self, what: str) -> str:
+        tok = self.peek()
+        if tok is None or tok.token_type != TokenType.STRING:
+            found = f"'{tok.text}'" if tok else "the end of the statement"
+            raise InvalidInput(f"expected {what} as a quoted string, found {found}")
+        self.i += 1
+        return tok.text
+
+    def rest(self) -> str:
+        """The raw text from the current token on, unchanged."""
+        tok = self.peek()
+        return "" if tok is None else self.sql[tok.start:].strip()
+
+    def at_end(self) -> bool:
+        return self.i >= len(self.tokens)
+
+    def done(self, context: str) -> None:
+        if not self.at_end():
+            raise InvalidInput(f"{context}: unexpected '{self.peek().text}'")
+
+
+def _is_word(text: str) -> bool:
+    return text.replace("_", "a").isalnum() and not text[0].isdigit()
+
+
+def _tokenize(sql: str) -> list[Token]:
+    try:
+        tokens = Tokenizer().tokenize(sql)
+    except TokenError as exc:
+        raise InvalidInput(f"could not read the SQL text: {exc}") from None
+    while tokens and tokens[-1].token_type == TokenType.SEMICOLON:
+        tokens.pop()
+    if any(t.token_type == TokenType.SEMICOLON for t in tokens):
+        raise InvalidInput("one statement per request, please: this text holds several (separated by ';')")
+    if not tokens:
+        raise InvalidInput("the SQL text is empty")
+    return tokens
+
+
+def parse(sql: str) -> Any:
+    """Recognise one statement. Raises InvalidInput with a message naming the problem."""
+    cur = _Cursor(sql, _tokenize(sql))
+    first = cur.word()
+    if first == "EXPLAIN":
+        # sqlglot lexes EXPLAIN as a command swallowing the rest: lex the rest again.
+        rest = sql[cur.peek().end + 1:]
+        inner = _Cursor(rest, _tokenize(rest))
+        if inner.word() not in _OWN_STATEMENT_WORDS:
+            return Query(sql)
+        statement = _parse_own(inner)
+        if not isinstance(statement, ML_STATEMENTS):
+            raise InvalidInput("EXPLAIN applies to queries and to BUILD/FIT/PREDICT/EVALUATE")
+        return Explain(statement)
+    if first in _OWN_STATEMENT_WORDS:
+        return _parse_own(cur)
+    if first == "CREATE":
+        return _parse_create(cur)
+    if first == "DROP":
+        return _parse_drop(cur)
+    if first == "DELETE" and cur.word(1) == "MODEL":
+        cur.i += 2
+        if_exists = cur.accept("IF", "EXISTS")
+        name = cur.name("a model name")
+        cur.done("DELETE MODEL")
+        return DeleteModel(name, if_exists)
+    if first in ("INSERT", "UPDATE", "DELETE"):
+        return Dml(sql)
+    if first in ("SET", "RESET"):
+        raise Unsupported("SET changes the settings every client shares; this server does not allow it")
+    if first in ("BEGIN", "START", "COMMIT", "ROLLBACK"):
+        raise Unsupported("transactions are not supported: every statement commits on its own")
+    if first in ("ALTER", "TRUNCATE", "PREPARE", "EXECUTE", "DEALLOCATE"):
+        raise Unsupported(f"{first} is not supported by this server")
+    return Query(sql)
+
+
+_OWN_STATEMENT_WORDS = {"BUILD", "FIT", "PREDICT", "EVALUATE", "LIST", "GET", "COPY", "PRINT", "DESCRIBE"}
+
+
+def _parse_own(cur: _Cursor) -> Any:
+    word = cur.word()
+    if word == "BUILD":
+        cur.expect("BUILD", "BUILD MODEL")
+        cur.expect("MODEL", "BUILD MODEL")
+        name = cur.name("a model name")
+        cur.expect("USING", "BUILD MODEL name USING class")
+        class_name = cur.name("a model class such as Wav2Vec2En")
+        class_name = cur.tokens[cur.i - 1].text  # keep the class's spelling
+        options = _options(cur)
+        return BuildModel(name, class_name, options, _as_query(cur, "BUILD MODEL"))
+    if word == "FIT":
+        cur.expect("FIT", "FIT MODEL")
+        cur.expect("MODEL", "FIT MODEL")
+        name = cur.name("a model name")
+        cur.expect("USING", "FIT MODEL name USING existing_model")
+        source = cur.name("the model to continue training")
+        options = _options(cur)
+        return FitModel(name, source, options, _as_query(cur, "FIT MODEL"))
+    if word in ("PREDICT", "EVALUATE"):
+        cur.i += 1
+        cur.expect("USING", f"{word} USING model")
+        model = cur.name("a model name")
+        options = _options(cur)
+        query = _as_query(cur, word)
+        return (Predict if word == "PREDICT" else Evaluate)(model, options, query)
+    if word == "PRINT":
+        cur.accept("PRINT")
+        cur.expect("AUDIO", "PRINT AUDIO")
+        options = _options(cur)
+        return PrintAudio(options, _as_query(cur, "PRINT AUDIO"))
+    if word == "LIST":
+        cur.accept("LIST")
+        if cur.accept("TABLE") or cur.accept("TABLES"):
+            result = ListTables()
+        elif cur.accept("MODEL") or cur.accept("MODELS"):
+            result = ListModels()
+        elif cur.accept("THANOSQL", "MODEL") or cur.accept("THANOSQL", "MODELS"):
+            result = ListModelClasses()
+        elif cur.accept("THANOSQL", "DATASET") or cur.accept("THANOSQL", "DATASETS"):
+            result = ListDatasets()
+        else:
+            raise InvalidInput("LIST takes TABLE, MODEL, THANOSQL MODEL or THANOSQL DATASET")
+        cur.done("LIST")
+        return result
+    if word == "GET":
+        cur.accept("GET")
+        cur.expect("THANOSQL", "GET THANOSQL DATASET")
+        if cur.word() == "MODEL":
+            raise Unsupported("GET THANOSQL MODEL is not supported yet: BUILD MODEL with base_model instead")
+        cur.expect("DATASET", "GET THANOSQL DATASET")
+        name = cur.name("a dataset name")
+        options = _options(cur)
+        cur.done("GET THANOSQL DATASET")
+        return GetDataset(name, options)
+    if word == "COPY":
+        return _parse_copy(cur)
+    if word == "DESCRIBE":
+        if cur.word(1) != "MODEL":
+            return Query(cur.sql)  # DataFusion's DESCRIBE table
+        cur.i += 2
+        name = cur.name("a model name")
+        cur.done("DESCRIBE MODEL")
+        return DescribeModel(name)
+    raise InvalidInput(f"unknown statement '{word}'")  # pragma: no cover - guarded by caller
+
+
+def _parse_copy(cur: _Cursor) -> Any:
+    cur.expect("COPY", "COPY")
+    if cur.peek() and cur.peek().token_type == TokenType.L_PAREN:
+        return _copy_to(cur)
+    table = cur.name("a table name")
+    if cur.word() in ("TO",) or cur.word() == "(":
+        return _copy_to(cur)
+    options = _options(cur)
+    if cur.word() == "TO":
+        return _copy_to(cur)
+    cur.expect("FROM", "COPY table [OPTIONS (...)] FROM 'path'")
+    path = cur.string("the file or folder to copy from")
+    cur.done("COPY")
+    return CopyFrom(table, path, options)
+
+
+def _copy_to(cur: _Cursor) -> CopyTo:
+    """DataFusion's COPY ... TO 'path': find the target literal after TO."""
+    while not cur.at_end() and cur.word() != "TO":
+        cur.i += 1
+    cur.expect("TO", "COPY ... TO 'path'")
+    return CopyTo(cur.sql, cur.string("the target path"))
+
+
+def _parse_create(cur: _Cursor) -> Any:
+    cur.expect("CREATE", "CREATE")
+    or_replace = cur.accept("OR", "REPLACE")
+    cur.accept("UNBOUNDED")
+    external = cur.accept("EXTERNAL")
+    if cur.accept("TEMPORARY") or cur.accept("TEMP"):
+        raise Unsupported("temporary tables are not supported: every table is persisted")
+    if cur.accept("VIEW"):
+        name = cur.name("a view name")
+        return CreateView(name, cur.sql, or_replace)
+    if not cur.accept("TABLE"):
+        what = cur.word() or "that object"
+        raise Unsupported(f"CREATE {what} is not supported: this server has one catalog and schema; "
+                          "CREATE TABLE, CREATE VIEW and CREATE EXTERNAL TABLE are")
+    if_not_exists = cur.accept("IF", "NOT", "EXISTS")
+    name = cur.name("a table name")
+    if external:
+        while not cur.at_end() and cur.word() != "LOCATION":
+            cur.i += 1
+        cur.expect("LOCATION", "CREATE EXTERNAL TABLE ... LOCATION 'path'")
+        tok = cur.peek()
+        location = cur.string("the LOCATION")
+        return CreateExternalTable(name, location, cur.sql[:tok.start], cur.sql[tok.end + 1:],
+                                   if_not_exists, or_replace)
+    query = None
+    if cur.word() == "AS":
+        cur.i += 1
+        query = cur.rest()
+        if not query:
+            raise InvalidInput("CREATE TABLE ... AS needs a query after AS")
+    return CreateTable(name, cur.sql, query, if_not_exists, or_replace)
+
+
+def _parse_drop(cur: _Cursor) -> Any:
+    cur.expect("DROP", "DROP")
+    if cur.accept("MODEL"):
+        if_exists = cur.accept("IF", "EXISTS")
+        name = cur.name("a model name")
+        cur.done("DROP MODEL")
+        return DeleteModel(name, if_exists)
+    if cur.accept("TABLE"):
+        kind = "table"
+    elif cur.accept("VIEW"):
+        kind = "view"
+    else:
+        raise Unsupported(f"DROP {cur.word() or ''} is not supported; DROP TABLE, DROP VIEW and DROP MODEL are")
+    if_exists = cur.accept("IF", "EXISTS")
+    names = [cur.name(f"a {kind} name")]
+    while cur.peek() and cur.peek().token_type == TokenType.COMMA:
+        cur.i += 1
+        names.append(cur.name(f"a {kind} name"))
+    cur.accept("CASCADE") or cur.accept("RESTRICT")
+    cur.done(f"DROP {kind.upper()}")
+    return Drop(kind, tuple(names), if_exists)
+
+
+def _as_query(cur: _Cursor, statement: str) -> str:
+    if cur.word() != "AS":
+        found = cur.peek()
+        where = f"found '{found.text}'" if found else "the statement ended"
+        raise InvalidInput(f"{statement} needs AS <query> after its options; {where}")
+    cur.i += 1
+    query = cur.rest()
+    if not query:
+        raise InvalidInput(f"{statement} needs a query after AS")
+    return query
+
+
+# --- OPTIONS (name = literal, ...) -----------------------------------------------------
+
+def _options(cur: _Cursor) -> dict[str, Any]:
+    if not cur.accept("OPTIONS"):
+        return {}
+    _expect_token(cur, TokenType.L_PAREN, "OPTIONS (")
+    options: dict[str, Any] = {}
+    if cur.peek() and cur.peek().token_type == TokenType.R_PAREN:
+        cur.i += 1
+        return options
+    while True:
+        key_tok = cur.peek()
+        key = cur.name("an option name").lower()
+        if key in options:
+            raise InvalidInput(f"option '{key}' is given twice")
+        _expect_token(cur, TokenType.EQ, f"OPTIONS: '=' after '{key_tok.text}'")
+        options[key] = _literal(cur, key)
+        tok = cur.peek()
+        if tok and tok.token_type == TokenType.COMMA:
+            cur.i += 1
+            continue
+        _expect_token(cur, TokenType.R_PAREN, "OPTIONS: ',' or ')'")
+        return options
+
+
+def _expect_token(cur: _Cursor, kind: TokenType, context: str) -> None:
+    tok = cur.peek()
+    if tok is None or tok.token_type != kind:
+        found = f"'{tok.text}'" if tok else "the end of the statement"
+        raise InvalidInput(f"expected {context}, found {found}")
+    cur.i += 1
+
+
+_OPEN = {TokenType.L_BRACKET: TokenType.R_BRACKET, TokenType.L_PAREN: TokenType.R_PAREN}
+
+
+def _literal(cur: _Cursor, key: str) -> Any:
+    """A Python-like literal: 'text', 8, 1e-4, -3, True/False, None, [a, b] or (a, b)."""
+    tok = cur.peek()
+    if tok is None:
+        raise InvalidInput(f"option '{key}' has no value")
+    cur.i += 1
+    kind = tok.token_type
+    if kind == TokenType.STRING:
+        return tok.text
+    if kind == TokenType.DASH:
+        value = _literal(cur, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidInput(f"option '{key}': '-' must precede a number")
+        return -value
+    if kind == TokenType.NUMBER:
+        text = tok.text
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+    if kind in _OPEN:
+        items = []
+        closing = _OPEN[kind]
+        while cur.peek() and cur.peek().token_type != closing:
+            items.append(_literal(cur, key))
+            if cur.peek() and cur.peek().token_type == TokenType.COMMA:
+                cur.i += 1
+        _expect_token(cur, closing, f"the end of the list in option '{key}'")
+        return items
+    word = tok.text.upper()
+    if word == "TRUE":
+        return True
+    if word == "FALSE":
+        return False
+    if word in ("NONE", "NULL"):
+        return None
+    raise InvalidInput(
+        f"option '{key}' has value {tok.text!r}, which is not a literal; quote text values, e.g. {key}='{tok.text}'"
+    )
