@@ -16,7 +16,7 @@ import pyarrow.flight as flight
 
 from flight_server import metadata as md
 from flight_server import protocol as P
-from flight_server.auth import AuthMiddlewareFactory, Authenticator
+from flight_server.auth import AuthMiddlewareFactory, Authenticator, HeaderHandshake
 from flight_server.errors import translated, translated_batches
 from flight_server.handles import HandleStore
 from planner.engine import Engine
@@ -110,7 +110,8 @@ class FlightSqlServer(flight.FlightServerBase):
         middleware = {}
         if authenticator is not None and authenticator.enabled:
             middleware["auth"] = AuthMiddlewareFactory(authenticator)
-        super().__init__(location, tls_certificates=tls_certificates, middleware=middleware)
+        super().__init__(location, auth_handler=HeaderHandshake(), tls_certificates=tls_certificates,
+                         middleware=middleware)
         self.engine = engine
         self.prepared: HandleStore[Prepared] = HandleStore(handle_ttl, "prepared statement")
         self.pending: HandleStore[Execution] = HandleStore(handle_ttl, "ticket")
@@ -227,7 +228,9 @@ class FlightSqlServer(flight.FlightServerBase):
             self._write_update_result(writer, count)
         elif isinstance(command, P.CommandPreparedStatementQuery):
             prepared = self._prepared(command.prepared_statement_handle)
-            prepared.params = _read_params(reader)
+            params = _read_params(reader)
+            self.engine.check_parameters(prepared.plan, params)  # fail at execute, not at fetch
+            prepared.params = params
             result = P.DoPutPreparedStatementResult(prepared_statement_handle=command.prepared_statement_handle)
             writer.write(pa.py_buffer(result.SerializeToString()))
         elif isinstance(command, P.CommandStatementIngest):

@@ -21,7 +21,7 @@ from planner import statements as st
 from planner import copy as copy_source
 from planner.errors import InvalidInput, NotFound, PlannerError, Unsupported
 from planner.paths import PathPolicy
-from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, explain_table, parameter_schema_of
+from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, explain_table, param_rows, parameter_schema_of
 from planner.sql_plans import (
     LIST_TABLES_SCHEMA, READ_ONLY, CopyFromPlan, CopyToPlan, CreateExternalPlan, CreateTablePlan,
     CreateViewPlan, DropPlan, SqlDml, SqlQuery, StaticRows, list_tables, update_plan,
@@ -159,6 +159,10 @@ class Engine:
             reader = plan.run(self, params, cancel or CancelToken())
             return sum(b.num_rows for b in reader)
         return int(plan.run(self, params, cancel or CancelToken()))
+
+    def check_parameters(self, plan: Plan, params: pa.RecordBatch | None) -> None:
+        """Refuse a wrong number of bound values as soon as they are bound."""
+        param_rows(params, len(plan.parameter_schema))
 
     def ingest(self, table: str, reader: pa.RecordBatchReader, mode: str) -> int:
         if mode not in INGEST_MODES:
