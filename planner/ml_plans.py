@@ -39,13 +39,13 @@ def ml_errors():
         yield
     except ml.ModelNotFound as exc:
         raise NotFound(str(exc)) from None
-    except ml.ModelExists as exc:
+    except (ml.ModelExists, ml.ModelBusy) as exc:
         raise AlreadyExists(str(exc)) from None
     except ml.CheckpointUnavailable as exc:
         raise NotFound(str(exc)) from None
     except (ml.BadOptions, ml.AudioError) as exc:
         raise InvalidInput(str(exc)) from None
-    except ml.TrainingCancelled as exc:
+    except ml.Cancelled as exc:
         raise Cancelled(str(exc)) from None
     except ml.MLError as exc:
         raise Internal(str(exc)) from None
@@ -138,8 +138,7 @@ class TrainNode(Plan):
         from ml import options as ml_options
         registry = engine.registry
         if isinstance(statement, st.FitModel):
-            info = registry.model_info(statement.source_model)
-            class_name = info["class_name"]
+            class_name = registry.class_of(statement.source_model)
             options = ml_options.validate(class_name, "fit", statement.options)
             base_model = str(registry.model_dir(statement.source_model))
             if statement.name != statement.source_model and registry.exists(statement.name) \
@@ -208,8 +207,7 @@ class PredictNode(Plan):
     @classmethod
     def prepare(cls, engine, statement) -> "PredictNode":
         from ml import options as ml_options
-        info = engine.registry.model_info(statement.model)
-        options = ml_options.validate(info["class_name"], "predict", statement.options)
+        options = ml_options.validate(engine.registry.class_of(statement.model), "predict", statement.options)
         df = _inner(engine, statement.query)
         schema = utf8_schema(df.schema())
         _require_columns(schema, {"audio_col": options["audio_col"]}, "PREDICT")
@@ -259,8 +257,7 @@ class EvaluateNode(Plan):
     @classmethod
     def prepare(cls, engine, statement) -> "EvaluateNode":
         from ml import options as ml_options
-        info = engine.registry.model_info(statement.model)
-        options = ml_options.validate(info["class_name"], "evaluate", statement.options)
+        options = ml_options.validate(engine.registry.class_of(statement.model), "evaluate", statement.options)
         df = _inner(engine, statement.query)
         _require_columns(utf8_schema(df.schema()), {"audio_col": options["audio_col"],
                                                     "text_col": options["text_col"]}, "EVALUATE")
@@ -285,7 +282,8 @@ class EvaluateNode(Plan):
         transcriber = engine.transcriber(self.model_dir)
         hyps = transcriber.transcribe(paths, self.options["batch_size"], should_stop=cancel.is_set)
         cancel.check()
-        scores = metrics.evaluation_table(data[text_col], hyps, paths)
+        from ml.audio import audio_seconds
+        scores = metrics.metrics_table(metrics.score(data[text_col], hyps, sum(audio_seconds(p) for p in paths)))
         return pa.RecordBatchReader.from_batches(METRICS_SCHEMA, scores.cast(METRICS_SCHEMA).to_batches())
 
 
