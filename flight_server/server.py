@@ -198,7 +198,9 @@ class FlightSqlServer(flight.FlightServerBase):
         except BaseException:
             self._finished(handle)
             raise
-        return flight.GeneratorStream(reader.schema, self._stream(handle, reader))
+        # RecordBatchStream lets Flight's C++ side pull the batches (no Python per message).
+        stream = pa.RecordBatchReader.from_batches(reader.schema, self._stream(handle, reader))
+        return flight.RecordBatchStream(stream)
 
     def _stream(self, handle: bytes, reader):
         try:
