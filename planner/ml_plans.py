@@ -338,6 +338,10 @@ class GetDatasetPlan(Plan):
         overwrite = bool(self.statement.options.get("overwrite", False))
         tables = datasets.fetch_dataset(self.statement.name, engine.data_dir, engine.dataset_mirror,
                                         overwrite=overwrite)
+        existing = [t for t in tables if engine.object_exists(t)]
+        if existing and not overwrite:
+            raise AlreadyExists(f"table(s) {', '.join(existing)} already exist; use GET THANOSQL DATASET "
+                                f"{self.statement.name} OPTIONS (overwrite=True) to replace them")
         total = 0
         for table, csv_path in tables.items():
             copy = st.CopyFrom(table, str(csv_path), {"if_exists": "replace" if overwrite else "fail"})
