@@ -1,0 +1,215 @@
+"""Option schemas: which ``OPTIONS (...)`` each model class accepts per statement.
+
+Options arrive as Python-like literals parsed by the planner.  Validating them here, against
+one table per class and statement, gives every statement the same behaviour: unknown names
+and wrong types are rejected with a message naming the option and listing the valid ones,
+aliases (ThanoSQL 2022's ``epochs``, today's ``max_epochs``) map to one canonical name, and
+the result carries every default, so the trainer never guesses.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from .errors import BadOptions, UnknownModelClass
+
+STATEMENTS = ("build", "fit", "predict", "evaluate")
+DEFAULT_BASE_MODEL = "facebook/wav2vec2-base-960h"
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+
+
+def default_base_model() -> str:
+    """``THANOSQL_BASE_MODEL`` if set (a folder or hub id), else facebook/wav2vec2-base-960h."""
+    return os.environ.get("THANOSQL_BASE_MODEL") or DEFAULT_BASE_MODEL
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: canonical name, type, default and the values it accepts."""
+
+    name: str
+    kind: str  # 'str' | 'int' | 'float' | 'bool' | 'precision'
+    default: Any = None  # a value, or a zero-argument callable evaluated at validation time
+    help: str = ""
+    aliases: tuple[str, ...] = ()
+    minimum: float | None = None
+    maximum: float | None = None
+    min_exclusive: bool = False
+    nullable: bool = False  # None (SQL NULL) allowed: means "no limit" / the default
+
+    def default_value(self):
+        return self.default() if callable(self.default) else self.default
+
+    def type_name(self) -> str:
+        return {"str": "a string", "int": "an integer", "float": "a number",
+                "bool": "True or False",
+                "precision": "True, False or one of " + ", ".join(repr(m) for m in MIXED_PRECISION),
+                }[self.kind]
+
+    def check(self, value, where: str):
+        """Return the canonical value or raise BadOptions naming this option."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise BadOptions(f"option '{self.name}'{where} must be {self.type_name()}, got NULL")
+        ok = {
+            "str": lambda v: isinstance(v, str),
+            "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+            "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+            "bool": lambda v: isinstance(v, bool),
+            "precision": lambda v: isinstance(v, bool) or (isinstance(v, str) and v.lower() in MIXED_PRECISION),
+        }[self.kind](value)
+        if not ok:
+            raise BadOptions(f"option '{self.name}'{where} must be {self.type_name()}, "
+                             f"got {type(value).__name__} {value!r}")
+        if self.kind == "float":
+            value = float(value)
+        if self.kind == "precision":
+            value = ("auto" if value else "no") if isinstance(value, bool) else value.lower()
+        if self.kind == "str" and not value.strip():
+            raise BadOptions(f"option '{self.name}'{where} must not be empty")
+        if self.minimum is not None and (value < self.minimum or (self.min_exclusive and value == self.minimum)):
+            op = ">" if self.min_exclusive else ">="
+            raise BadOptions(f"option '{self.name}'{where} must be {op} {self.minimum}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise BadOptions(f"option '{self.name}'{where} must be <= {self.maximum}, got {value!r}")
+        return value
+
+
+def _o(*args, **kwargs) -> Option:
+    return Option(*args, **kwargs)
+
+
+_AUDIO_COL = _o("audio_col", "str", "audio", "column holding audio file paths")
+_TEXT_COL = _o("text_col", "str", "text", "column holding reference transcripts")
+
+_TRAIN = (
+    _AUDIO_COL,
+    _TEXT_COL,
+    _o("batch_size", "int", 16, "utterances per optimizer step", minimum=1),
+    _o("epochs", "int", 5, "passes over the training rows", aliases=("max_epochs",), minimum=1),
+    _o("learning_rate", "float", 1e-4, "peak AdamW learning rate", minimum=0.0, min_exclusive=True),
+    _o("overwrite", "bool", False, "replace an existing model of the same name (as a new version)"),
+    _o("seed", "int", 42, "random seed (batch order, dropout, SpecAugment)", minimum=0),
+    _o("warmup_ratio", "float", 0.1, "fraction of steps spent warming the learning rate up",
+       minimum=0.0, maximum=1.0),
+    _o("max_grad_norm", "float", 1.0, "gradient clipping norm", minimum=0.0, min_exclusive=True),
+    _o("weight_decay", "float", 0.0, "AdamW weight decay", minimum=0.0),
+    _o("mixed_precision", "precision", "auto",
+       "'auto' = bf16/fp16 autocast on a GPU, fp32 on CPU", aliases=("fp16",)),
+    _o("freeze_feature_encoder", "bool", True, "keep the convolutional feature encoder fixed"),
+    _o("max_steps", "int", None, "stop after this many optimizer steps (NULL = no limit)",
+       minimum=1, nullable=True),
+)
+_BUILD = _TRAIN + (
+    _o("base_model", "str", default_base_model,
+       "checkpoint to fine-tune: a local folder or a Hugging Face hub id "
+       "(default: env THANOSQL_BASE_MODEL or facebook/wav2vec2-base-960h)"),
+)
+_PREDICT = (
+    _AUDIO_COL,
+    _o("batch_size", "int", 8, "utterances per forward pass", minimum=1),
+    _o("result_col", "str", "predict_result", "name of the transcript column added to the input"),
+)
+_EVALUATE = (
+    _AUDIO_COL,
+    _TEXT_COL,
+    _o("batch_size", "int", 8, "utterances per forward pass", minimum=1),
+)
+
+
+@dataclass(frozen=True)
+class ModelClass:
+    """What LIST THANOSQL MODEL shows about a class, and its option schemas."""
+
+    name: str
+    task: str
+    description: str
+    options: dict[str, tuple[Option, ...]] = field(repr=False)
+
+    @property
+    def statements(self) -> tuple[str, ...]:
+        return tuple(s for s in STATEMENTS if s in self.options)
+
+
+MODEL_CLASSES: dict[str, ModelClass] = {
+    "Wav2Vec2En": ModelClass(
+        name="Wav2Vec2En",
+        task="speech-recognition",
+        description="English speech recognition: fine-tunes a wav2vec2 CTC checkpoint "
+                    "(default facebook/wav2vec2-base-960h) and transcribes audio files",
+        options={"build": _BUILD, "fit": _TRAIN, "predict": _PREDICT, "evaluate": _EVALUATE},
+    ),
+}
+
+
+def resolve_class(class_name: str) -> ModelClass:
+    """The ModelClass for ``class_name`` (case-insensitive) or UnknownModelClass."""
+    for name, cls in MODEL_CLASSES.items():
+        if isinstance(class_name, str) and name.lower() == class_name.lower():
+            return cls
+    raise UnknownModelClass(f"unknown model class {class_name!r}; available classes: "
+                            + ", ".join(MODEL_CLASSES))
+
+
+def schema(class_name: str, statement: str) -> tuple[Option, ...]:
+    """The options ``class_name`` accepts in ``statement`` (build/fit/predict/evaluate)."""
+    cls = resolve_class(class_name)
+    stmt = statement.lower()
+    if stmt not in cls.options:
+        raise BadOptions(f"{cls.name} does not support {statement.upper()}; it supports "
+                         + ", ".join(s.upper() for s in cls.statements))
+    return cls.options[stmt]
+
+
+def validate(class_name: str, statement: str, options: dict | None) -> dict:
+    """Check ``options`` and return them under canonical names with every default filled.
+
+    Raises BadOptions naming the offending option (unknown name -> the valid names are
+    listed; wrong type or value -> the expected type).  Ints are accepted for floats; bools
+    must be bools.  Names are case-insensitive.
+    """
+    cls = resolve_class(class_name)
+    opts = schema(cls.name, statement)
+    by_name: dict[str, Option] = {}
+    for opt in opts:
+        by_name[opt.name] = opt
+        for alias in opt.aliases:
+            by_name[alias] = opt
+    where = f" of {statement.upper()} with {cls.name}"
+    given: dict[str, tuple[str, Any]] = {}
+    for raw_key, value in (options or {}).items():
+        key = str(raw_key).strip().lower()
+        opt = by_name.get(key)
+        if opt is None:
+            valid = sorted(by_name)
+            raise BadOptions(f"unknown option {raw_key!r}{where}; valid options: " + ", ".join(valid))
+        if opt.name in given:
+            raise BadOptions(f"option '{opt.name}'{where} given twice "
+                             f"(as '{given[opt.name][0]}' and '{key}')")
+        if key == "fp16" and isinstance(value, bool):  # HF Trainer's flag: True means fp16
+            value = "fp16" if value else "no"
+        given[opt.name] = (key, opt.check(value, where))
+    return {opt.name: given[opt.name][1] if opt.name in given else opt.default_value()
+            for opt in opts}
+
+
+def model_classes_table() -> pa.Table:
+    """LIST THANOSQL MODEL: the classes this server can build, with task and statements."""
+    classes = list(MODEL_CLASSES.values())
+    return pa.table({
+        "name": pa.array([c.name for c in classes], pa.string()),
+        "task": pa.array([c.task for c in classes], pa.string()),
+        "statements": pa.array([", ".join(s.upper() for s in c.statements) for c in classes], pa.string()),
+        "description": pa.array([c.description for c in classes], pa.string()),
+    })
+
+
+def options_help(class_name: str, statement: str) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) rows, e.g. for DESCRIBE or error pages."""
+    return [(o.name + "".join(f" / {a}" for a in o.aliases), o.kind, o.default_value(), o.help)
+            for o in schema(class_name, statement)]

@@ -1,0 +1,76 @@
+"""ml.options: defaults, aliases, and errors that name the option and list the valid ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from ml.errors import BadOptions, UnknownModelClass
+from ml.options import MODEL_CLASSES, model_classes_table, validate
+
+
+def test_defaults_and_the_tutorials_options(monkeypatch):
+    monkeypatch.delenv("THANOSQL_BASE_MODEL", raising=False)
+    opts = validate("Wav2Vec2En", "build", {"audio_col": "audio", "text_col": "text", "epochs": 1, "batch_size": 8})
+    assert opts["epochs"] == 1 and opts["batch_size"] == 8
+    assert opts["learning_rate"] == 1e-4 and opts["overwrite"] is False and opts["seed"] == 42
+    assert opts["base_model"] == "facebook/wav2vec2-base-960h"
+    assert opts["mixed_precision"] == "auto" and opts["max_steps"] is None
+    assert validate("Wav2Vec2En", "build", {})["epochs"] == 5
+    assert validate("Wav2Vec2En", "build", {})["batch_size"] == 16
+    monkeypatch.setenv("THANOSQL_BASE_MODEL", "/models/base")
+    assert validate("Wav2Vec2En", "build", {})["base_model"] == "/models/base"
+    predict = validate("wav2vec2en", "PREDICT", None)
+    assert predict == {"audio_col": "audio", "batch_size": 8, "result_col": "predict_result"}
+    assert set(validate("Wav2Vec2En", "evaluate", {})) == {"audio_col", "text_col", "batch_size"}
+    assert "base_model" not in validate("Wav2Vec2En", "fit", {})
+
+
+def test_aliases_and_type_coercions():
+    assert validate("Wav2Vec2En", "build", {"max_epochs": 3})["epochs"] == 3
+    assert validate("Wav2Vec2En", "build", {"MAX_EPOCHS": 3})["epochs"] == 3
+    lr = validate("Wav2Vec2En", "build", {"learning_rate": 1})["learning_rate"]
+    assert lr == 1.0 and isinstance(lr, float)
+    assert validate("Wav2Vec2En", "build", {"fp16": True})["mixed_precision"] == "fp16"
+    assert validate("Wav2Vec2En", "build", {"mixed_precision": False})["mixed_precision"] == "no"
+    assert validate("Wav2Vec2En", "build", {"mixed_precision": "BF16"})["mixed_precision"] == "bf16"
+    again = validate("Wav2Vec2En", "build", validate("Wav2Vec2En", "build", {"epochs": 2}))
+    assert again["epochs"] == 2  # validated options validate again unchanged
+
+
+@pytest.mark.parametrize("statement, options, words", [
+    ("build", {"epoch": 1}, ["'epoch'", "valid options:", "epochs", "max_epochs", "learning_rate"]),
+    ("predict", {"text_col": "t"}, ["'text_col'", "PREDICT", "result_col"]),
+    ("build", {"batch_size": "8"}, ["'batch_size'", "integer", "str"]),
+    ("build", {"batch_size": 8.0}, ["'batch_size'", "integer", "float"]),
+    ("build", {"batch_size": True}, ["'batch_size'", "integer", "bool"]),
+    ("build", {"overwrite": 1}, ["'overwrite'", "True or False"]),
+    ("build", {"overwrite": "True"}, ["'overwrite'", "True or False"]),
+    ("build", {"learning_rate": "1e-4"}, ["'learning_rate'", "number"]),
+    ("build", {"learning_rate": 0}, ["'learning_rate'", "> 0"]),
+    ("build", {"epochs": 0}, ["'epochs'", ">= 1"]),
+    ("build", {"warmup_ratio": 1.5}, ["'warmup_ratio'", "<= 1"]),
+    ("build", {"epochs": 1, "max_epochs": 2}, ["'epochs'", "twice"]),
+    ("build", {"audio_col": ""}, ["'audio_col'", "empty"]),
+    ("build", {"mixed_precision": "fp8"}, ["'mixed_precision'", "'bf16'"]),
+    ("build", {"batch_size": None}, ["'batch_size'", "NULL"]),
+])
+def test_bad_options_are_named(statement, options, words):
+    with pytest.raises(BadOptions) as err:
+        validate("Wav2Vec2En", statement, options)
+    for word in words:
+        assert word in str(err.value)
+
+
+def test_unknown_class_and_statement():
+    with pytest.raises(UnknownModelClass, match="Wav2Vec2En"):
+        validate("Wav2Vec2Ko", "build", {})
+    with pytest.raises(BadOptions, match="BUILD, FIT, PREDICT, EVALUATE"):
+        validate("Wav2Vec2En", "explain", {})
+
+
+def test_model_classes_for_list_thanosql_model():
+    cls = MODEL_CLASSES["Wav2Vec2En"]
+    assert cls.task == "speech-recognition" and cls.statements == ("build", "fit", "predict", "evaluate")
+    table = model_classes_table()
+    assert table.column("name").to_pylist() == ["Wav2Vec2En"]
+    assert table.column("statements").to_pylist() == ["BUILD, FIT, PREDICT, EVALUATE"]
