@@ -197,12 +197,22 @@ class TrainNode(Plan):
 
 
 @dataclass
-class PredictNode(Plan):
-    """Predict: every input column in order, plus the transcript in result_col."""
+class InferenceNode(Plan):
+    """Shared shape of Predict / Evaluate: a stored model applied to the inner query."""
     statement: Any = None
     options: dict = field(default_factory=dict)
     model_dir: str = ""
     df: Any = None
+
+    def explain(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
+        name = type(self).__name__.removesuffix("Node")
+        return _explain(f"{name}: model={self.statement.model} options=[{opts}]", self.df)
+
+
+@dataclass
+class PredictNode(InferenceNode):
+    """Predict: every input column in order, plus the transcript in result_col."""
 
     @classmethod
     def prepare(cls, engine, statement) -> "PredictNode":
@@ -218,10 +228,6 @@ class PredictNode(Plan):
         out = schema.append(pa.field(result_col, pa.string()))
         return cls(dataset_schema=out, statement=statement, options=options,
                    model_dir=str(engine.registry.model_dir(statement.model)), df=df)
-
-    def explain(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
-        return _explain(f"Predict: model={self.statement.model} options=[{opts}]", self.df)
 
     def run(self, engine, params, cancel):
         with ml_errors():
@@ -247,12 +253,8 @@ class PredictNode(Plan):
 
 
 @dataclass
-class EvaluateNode(Plan):
+class EvaluateNode(InferenceNode):
     """Evaluate: transcribe, then WER / CER against the reference transcripts."""
-    statement: Any = None
-    options: dict = field(default_factory=dict)
-    model_dir: str = ""
-    df: Any = None
 
     @classmethod
     def prepare(cls, engine, statement) -> "EvaluateNode":
@@ -263,10 +265,6 @@ class EvaluateNode(Plan):
                                                     "text_col": options["text_col"]}, "EVALUATE")
         return cls(dataset_schema=METRICS_SCHEMA, statement=statement, options=options,
                    model_dir=str(engine.registry.model_dir(statement.model)), df=df)
-
-    def explain(self) -> str:
-        opts = ", ".join(f"{k}={v!r}" for k, v in sorted(self.options.items()))
-        return _explain(f"Evaluate: model={self.statement.model} options=[{opts}]", self.df)
 
     def run(self, engine, params, cancel):
         with ml_errors():

@@ -124,7 +124,7 @@ def test_prepared_ml_statements_and_bad_input(start_server, librispeech, checkpo
 
     # Bad audio: the error names the file and row, and nothing is registered.
     (server.data_dir / "broken.wav").write_bytes(b"RIFF....not really a wav")
-    execute(url, "CREATE TABLE bad_audio AS SELECT * FROM librispeech_train LIMIT 3 "
+    execute(url, "CREATE TABLE bad_audio AS (SELECT * FROM librispeech_train LIMIT 3) "
                  f"UNION ALL SELECT '{server.data_dir / 'broken.wav'}' AS audio, 'hello' AS text")
     with pytest.raises(flightsql.Error) as info:
         execute(url, f"BUILD MODEL broken USING Wav2Vec2En OPTIONS ({base}, epochs=1) AS SELECT * FROM bad_audio")
