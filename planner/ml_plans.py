@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from planner import statements as st
 from planner.errors import AlreadyExists, Cancelled, Internal, InvalidInput, NotFound
-from planner.plans import CancelToken, Plan
+from planner.plans import CancelToken, Plan, param_rows, parameter_schema_of
 from planner.sql_plans import READ_ONLY, CopyFromPlan, StaticRows, stream_dataframe, update_plan
 from planner.storage import utf8_schema
 
@@ -90,9 +90,35 @@ def _static(producer, label: str) -> StaticRows:
     return StaticRows(dataset_schema=producer().schema, producer=producer, label=label)
 
 
-def _inner(engine, query: str):
-    """DataFusion's dataframe of the query after AS (planned, not run)."""
-    return engine.run_datafusion(lambda: engine.ctx.sql_with_options(query, READ_ONLY))
+@dataclass
+class InnerQuery:
+    """The query after AS: DataFusion's plan of it, made at prepare time, never run there.
+
+    With `$n` parameters it is planned again with the bound values at execute time.
+    """
+    sql: str
+    df: Any
+    parameter_schema: pa.Schema
+
+    def schema(self) -> pa.Schema:
+        return utf8_schema(self.df.schema())
+
+    def logical_plan(self):
+        return self.df.logical_plan()
+
+    def dataframe(self, engine, params: pa.RecordBatch | None):
+        rows = param_rows(params, len(self.parameter_schema))
+        if len(rows) != 1:
+            raise InvalidInput(f"bind exactly one row of parameters; {len(rows)} were bound")
+        if not rows[0]:
+            return self.df
+        return engine.run_datafusion(
+            lambda: engine.ctx.sql_with_options(self.sql, READ_ONLY, param_values=rows[0]))
+
+
+def _inner(engine, query: str) -> InnerQuery:
+    df = engine.run_datafusion(lambda: engine.ctx.sql_with_options(query, READ_ONLY))
+    return InnerQuery(query, df, parameter_schema_of(df.logical_plan()))
 
 
 def _require_columns(schema: pa.Schema, columns: dict[str, str], statement: str) -> None:
@@ -103,7 +129,7 @@ def _require_columns(schema: pa.Schema, columns: dict[str, str], statement: str)
 
 
 def _explain(node_line: str, df) -> str:
-    inner = df.logical_plan().display_indent().rstrip()
+    inner = df.logical_plan().display_indent().rstrip()  # df: an InnerQuery
     return node_line + "\n" + "\n".join("  " + line for line in inner.splitlines())
 
 
@@ -153,11 +179,12 @@ class TrainNode(Plan):
                 raise AlreadyExists(f"model '{statement.name}' already exists; set OPTIONS (overwrite=True) "
                                     "to replace it, or FIT MODEL to train it further")
         df = _inner(engine, statement.query)
-        _require_columns(utf8_schema(df.schema()), {"audio_col": options["audio_col"],
+        _require_columns(df.schema(), {"audio_col": options["audio_col"],
                                                     "text_col": options["text_col"]},
                          type(statement).__name__)
         return cls(dataset_schema=TRAIN_RESULT_SCHEMA, statement=statement, options=options,
-                   class_name=class_name, base_model=base_model, df=df)
+                   class_name=class_name, base_model=base_model, df=df,
+                   parameter_schema=df.parameter_schema)
 
     def explain(self) -> str:
         kind = "FitModel" if isinstance(self.statement, st.FitModel) else "BuildModel"
@@ -167,12 +194,12 @@ class TrainNode(Plan):
 
     def run(self, engine, params, cancel):
         with ml_errors():
-            return self._run(engine, cancel)
+            return self._run(engine, params, cancel)
 
-    def _run(self, engine, cancel: CancelToken):
+    def _run(self, engine, params, cancel: CancelToken):
         from ml import worker
         audio_col, text_col = self.options["audio_col"], self.options["text_col"]
-        data = _collect_columns(engine, self.df, [audio_col, text_col], cancel)
+        data = _collect_columns(engine, self.df.dataframe(engine, params), [audio_col, text_col], cancel)
         paths = _audio_paths(engine, data[audio_col], 0)
         texts = data[text_col]
         if not paths:
@@ -219,7 +246,7 @@ class PredictNode(InferenceNode):
         from ml import options as ml_options
         options = ml_options.validate(engine.registry.class_of(statement.model), "predict", statement.options)
         df = _inner(engine, statement.query)
-        schema = utf8_schema(df.schema())
+        schema = df.schema()
         _require_columns(schema, {"audio_col": options["audio_col"]}, "PREDICT")
         result_col = options["result_col"]
         if result_col in schema.names:
@@ -227,12 +254,13 @@ class PredictNode(InferenceNode):
                                "choose another OPTIONS (result_col=...)")
         out = schema.append(pa.field(result_col, pa.string()))
         return cls(dataset_schema=out, statement=statement, options=options,
-                   model_dir=str(engine.registry.model_dir(statement.model)), df=df)
+                   model_dir=str(engine.registry.model_dir(statement.model)), df=df,
+                   parameter_schema=df.parameter_schema)
 
     def run(self, engine, params, cancel):
         with ml_errors():
             transcriber = engine.transcriber(self.model_dir)
-        reader = stream_dataframe(self.df, cancel)
+        reader = stream_dataframe(self.df.dataframe(engine, params), cancel)
         return pa.RecordBatchReader.from_batches(self.dataset_schema,
                                                  self._batches(engine, transcriber, reader, cancel))
 
@@ -261,19 +289,20 @@ class EvaluateNode(InferenceNode):
         from ml import options as ml_options
         options = ml_options.validate(engine.registry.class_of(statement.model), "evaluate", statement.options)
         df = _inner(engine, statement.query)
-        _require_columns(utf8_schema(df.schema()), {"audio_col": options["audio_col"],
+        _require_columns(df.schema(), {"audio_col": options["audio_col"],
                                                     "text_col": options["text_col"]}, "EVALUATE")
         return cls(dataset_schema=METRICS_SCHEMA, statement=statement, options=options,
-                   model_dir=str(engine.registry.model_dir(statement.model)), df=df)
+                   model_dir=str(engine.registry.model_dir(statement.model)), df=df,
+                   parameter_schema=df.parameter_schema)
 
     def run(self, engine, params, cancel):
         with ml_errors():
-            return self._run(engine, cancel)
+            return self._run(engine, params, cancel)
 
-    def _run(self, engine, cancel):
+    def _run(self, engine, params, cancel):
         from ml import metrics
         audio_col, text_col = self.options["audio_col"], self.options["text_col"]
-        data = _collect_columns(engine, self.df, [audio_col, text_col], cancel)
+        data = _collect_columns(engine, self.df.dataframe(engine, params), [audio_col, text_col], cancel)
         paths = _audio_paths(engine, data[audio_col], 0)
         if not paths:
             raise InvalidInput("the query after AS returned no rows to evaluate on")
@@ -298,16 +327,16 @@ class PrintAudioNode(Plan):
             raise InvalidInput(f"unknown PRINT AUDIO option(s) {', '.join(sorted(unknown))}; valid: audio_col")
         audio_col = statement.options.get("audio_col", "audio")
         df = _inner(engine, statement.query)
-        schema = utf8_schema(df.schema())
+        schema = df.schema()
         _require_columns(schema, {"audio_col": audio_col}, "PRINT AUDIO")
         return cls(dataset_schema=schema.with_metadata({"thanosql.audio_col": audio_col}),
-                   audio_col=audio_col, df=df)
+                   audio_col=audio_col, df=df, parameter_schema=df.parameter_schema)
 
     def explain(self) -> str:
         return _explain(f"PrintAudio: audio_col={self.audio_col}", self.df)
 
     def run(self, engine, params, cancel):
-        reader = stream_dataframe(self.df, cancel)
+        reader = stream_dataframe(self.df.dataframe(engine, params), cancel)
         return pa.RecordBatchReader.from_batches(self.dataset_schema, reader)
 
 

@@ -6,7 +6,11 @@ A Python SchemaProvider answers each lookup with a fresh snapshot, so
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 from datafusion.catalog import SchemaProvider, Table
 
 SYSTEM_TABLES = {
@@ -18,6 +22,7 @@ SYSTEM_TABLES = {
 class RegistrySchema(SchemaProvider):
     def __init__(self, engine):
         self.engine = engine
+        self._empty_dir = tempfile.mkdtemp(prefix="thanosql-system-")
 
     def table_names(self) -> set[str]:
         return set(SYSTEM_TABLES)
@@ -26,7 +31,18 @@ class RegistrySchema(SchemaProvider):
         producer = SYSTEM_TABLES.get(name)
         if producer is None:
             return None
-        return Table(ds.dataset(producer(self.engine.registry)))
+        snapshot = producer(self.engine.registry)
+        if snapshot.num_rows == 0:
+            # An in-memory dataset of no rows has no fragments, which DataFusion cannot
+            # plan under a sort (SanityCheckPlan); an empty Parquet file is one fragment.
+            return Table(ds.dataset(self._empty_file(name, snapshot.schema)))
+        return Table(ds.dataset(snapshot))
+
+    def _empty_file(self, name: str, schema) -> str:
+        path = os.path.join(self._empty_dir, f"{name}.parquet")
+        if not os.path.exists(path):
+            pq.write_table(schema.empty_table(), path)
+        return path
 
     def table_exist(self, name: str) -> bool:
         return name in SYSTEM_TABLES

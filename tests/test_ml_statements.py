@@ -144,57 +144,84 @@ def test_prepared_ml_statements_and_bad_input(start_server, librispeech, checkpo
 
 
 def _worker_pids(server):
-    return [c.pid for c in psutil.Process(server.proc.pid).children(recursive=True)]
+    """Training workers: spawned children (not multiprocessing's resource tracker)."""
+    pids = []
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids
+
+
+def _training_step(url, name):
+    rows = execute(url, f"SELECT max(step) AS s FROM thanosql.training_info WHERE model = '{name}'")
+    return rows.column("s").to_pylist()[0] or 0
+
+
+def _wait_for_training(url, name, server, timeout=180):
+    """Until the worker process of `name` has taken its first optimizer step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _worker_pids(server) and _training_step(url, name) >= 1:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"training of {name} did not start: {server.server_log()[-2000:]}")
 
 
 def test_concurrent_query_cancel_and_killed_worker(start_server, librispeech, checkpoint):
     server = start_server()
     url = server.url
     load_tables(url, librispeech)
-    build = (f"BUILD MODEL busy USING Wav2Vec2En OPTIONS (base_model='{checkpoint}', epochs=20, "
+    build = (f"BUILD MODEL {{name}} USING Wav2Vec2En OPTIONS (base_model='{checkpoint}', epochs=20, "
              "batch_size=4) AS SELECT * FROM librispeech_train")
-    errors = []
 
-    def run_build():
-        try:
-            execute(url, build)
-        except Exception as exc:  # noqa: BLE001 - recorded for the assertions
-            errors.append(str(exc))
-
-    # 1. Another client's SELECT answers while BUILD trains; the client going away cancels it.
-    thread = threading.Thread(target=run_build)
+    # 1. Another client's SELECT answers while BUILD trains; cancelling the statement stops it.
     conn = flightsql.connect(url, autocommit=True)
-    with conn.cursor() as cur:
-        statement_thread = threading.Thread(target=lambda: _swallow(cur.execute, build))
-        statement_thread.start()
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            rows = execute(url, "SELECT status FROM thanosql.models WHERE name = 'busy'")
-            if rows.num_rows and rows.column("status").to_pylist()[0] == "training" and _worker_pids(server):
-                break
-            time.sleep(0.5)
-        started = time.monotonic()
-        assert execute(url, "SELECT count(*) AS c FROM librispeech_test").to_pylist() == [{"c": 20}]
-        assert time.monotonic() - started < 5
-        conn.adbc_cancel()
-    statement_thread.join(60)
-    conn.close()
+    cur = conn.cursor()
+    outcome = []
+    def execute_and_fetch():
+        cur.execute(build.format(name="busy"))
+        cur.fetch_arrow_table()  # ADBC may surface DoGet's outcome only here
+
+    statement = threading.Thread(target=lambda: outcome.append(_error_of(execute_and_fetch)))
+    statement.start()
+    _wait_for_training(url, "busy", server)
+    started = time.monotonic()
+    assert execute(url, "SELECT count(*) AS c FROM librispeech_train").to_pylist() == [{"c": 100}]
+    assert time.monotonic() - started < 5
+    cur.adbc_cancel()
+    statement.join(60)
+    assert outcome and outcome[0] and "cancel" in outcome[0].lower(), outcome
     assert _wait_status(url, "busy") == "cancelled"
+    assert not _worker_pids(server)
     assert execute(url, "LIST MODEL").num_rows == 0
+    cur.close()
+    conn.close()
 
     # 2. A training worker killed mid-run: the run is failed, the server still serves.
+    errors = []
+    thread = threading.Thread(target=lambda: errors.append(_error_of(execute, url, build.format(name="doomed"))))
     thread.start()
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not _worker_pids(server):
-        time.sleep(0.5)
-    time.sleep(3)
+    _wait_for_training(url, "doomed", server)
     for pid in _worker_pids(server):
         psutil.Process(pid).kill()
     thread.join(120)
-    assert errors, "the BUILD whose worker was killed must fail"
-    assert _wait_status(url, "busy") == "failed"
+    assert errors and errors[0] and "doomed" in errors[0], errors
+    assert _wait_status(url, "doomed") == "failed"
     assert server.alive()
     assert execute(url, "SELECT 1 AS one").to_pylist() == [{"one": 1}]
+    assert execute(url, "LIST MODEL").num_rows == 0
+
+
+def _error_of(call, *args):
+    """The message of the exception `call` raises (None when it succeeds)."""
+    try:
+        call(*args)
+    except Exception as exc:  # noqa: BLE001 - the test inspects the message
+        return str(exc)
+    return None
 
 
 def test_killed_server_marks_training_failed(start_server, librispeech, checkpoint):
@@ -203,10 +230,11 @@ def test_killed_server_marks_training_failed(start_server, librispeech, checkpoi
     threading.Thread(target=lambda: _swallow(execute, server.url,
                      f"BUILD MODEL doomed USING Wav2Vec2En OPTIONS (base_model='{checkpoint}', epochs=20) "
                      "AS SELECT * FROM librispeech_train"), daemon=True).start()
-    assert _wait_status(server.url, "doomed", until="training") == "training"
-    for pid in _worker_pids(server):
-        psutil.Process(pid).kill()
+    _wait_for_training(server.url, "doomed", server)
+    workers = _worker_pids(server)
     server.stop(kill=True)
+    for pid in workers:  # the worker notices its parent is gone and exits
+        psutil.wait_procs([psutil.Process(pid)], timeout=30) if psutil.pid_exists(pid) else None
     server.start()
     rows = execute(server.url, "SELECT status, error FROM thanosql.models WHERE name = 'doomed'").to_pylist()
     assert rows and rows[0]["status"] == "failed" and rows[0]["error"]
