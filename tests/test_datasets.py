@@ -45,7 +45,7 @@ def test_get_dataset_creates_the_tutorial_tables(client):
 
 def test_overwrite_semantics(client):
     client.query(GET)
-    with pytest.raises(thanosql.ThanoSQLError, match="already exists"):
+    with pytest.raises(thanosql.ThanoSQLError, match="already exist.*overwrite=True"):
         client.query(GET)  # without overwrite, existing tables are kept and it says so
     client.query("COPY librispeech_test OPTIONS (if_exists='append') "
                  "FROM 'thanosql-dataset/librispeech_data/librispeech_test.csv'")
