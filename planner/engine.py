@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from planner.errors import InvalidInput, NotFound, PlannerError, Unsupported
 from planner.paths import PathPolicy
 from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, explain_table, param_rows, parameter_schema_of
 from planner.sql_plans import (
-    LIST_TABLES_SCHEMA, READ_ONLY, CopyFromPlan, CopyToPlan, CreateExternalPlan, CreateTablePlan,
+    DML_ONLY, LIST_TABLES_SCHEMA, READ_ONLY, CopyFromPlan, CopyToPlan, CreateExternalPlan, CreateTablePlan,
     CreateViewPlan, DropPlan, SqlDml, SqlQuery, StaticRows, list_tables, update_plan,
 )
 from planner.storage import TableStore, utf8_schema
@@ -103,7 +104,6 @@ class Engine:
             return SqlQuery(dataset_schema=utf8_schema(df.schema()),
                             parameter_schema=parameter_schema_of(df.logical_plan()), sql=sql)
         if isinstance(statement, st.Dml):
-            from planner.sql_plans import DML_ONLY
             df = self.run_datafusion(lambda: self.ctx.sql_with_options(sql, DML_ONLY))
             return SqlDml(dataset_schema=EMPTY_SCHEMA, is_update=True,
                           parameter_schema=parameter_schema_of(df.logical_plan()), sql=sql)
@@ -221,7 +221,6 @@ def like(value: str, pattern: str | None) -> bool:
     """SQL LIKE with % and _ (Flight SQL's filter patterns)."""
     if pattern is None or pattern == "%":
         return True
-    import re
     regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
     return re.fullmatch(regex, value, flags=re.DOTALL) is not None
 

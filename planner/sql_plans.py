@@ -83,8 +83,7 @@ class CreateTablePlan(Plan):
             # Column definitions: let DataFusion build the (empty or VALUES) table in a scratch
             # context, so nothing lands in the shared one until it is stored.
             scratch = SessionContext(engine.config)
-            sql = st.sql.replace("OR REPLACE", "", 1) if st.or_replace else st.sql
-            table = engine.run_datafusion(lambda: (scratch.sql(sql), scratch.table(st.name).to_arrow_table())[1])
+            table = engine.run_datafusion(lambda: (scratch.sql(st.sql), scratch.table(st.name).to_arrow_table())[1])
             return engine.store.write_table(st.name, table.to_batches(), table.schema, "replace")
 
 
@@ -120,8 +119,7 @@ class CreateExternalPlan(Plan):
                 raise AlreadyExists(f"'{st.name}' already exists")
             if existing is not None and engine.ctx.table_exist(st.name):
                 engine.ctx.deregister_table(st.name)
-            engine.run_datafusion(lambda: engine.ctx.sql(sql.replace("OR REPLACE", "", 1)
-                                                         if st.or_replace else sql).collect())
+            engine.run_datafusion(lambda: engine.ctx.sql(sql).collect())
             engine.store.remember(st.name, "external", sql)
         return 0
 
@@ -131,8 +129,9 @@ class DropPlan(Plan):
     statement: Any = None
 
     def run(self, engine, params, cancel):
-        return sum(engine.store.drop(name, self.statement.kind, self.statement.if_exists)
-                   for name in self.statement.names) and 0
+        for name in self.statement.names:
+            engine.store.drop(name, self.statement.kind, self.statement.if_exists)
+        return 0  # DDL affects no rows
 
 
 @dataclass
