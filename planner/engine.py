@@ -27,7 +27,7 @@ from planner.sql_plans import (
     DML_ONLY, LIST_TABLES_SCHEMA, READ_ONLY, CopyFromPlan, CopyToPlan, CreateExternalPlan, CreateTablePlan,
     CreateViewPlan, DropPlan, SqlDml, SqlQuery, StaticRows, list_tables, update_plan,
 )
-from planner.storage import TableStore, utf8_schema
+from planner.storage import ROW_GROUP_ROWS, TableStore, utf8_schema
 
 DEFAULT_CATALOG = "datafusion"
 DEFAULT_SCHEMA = "public"
@@ -50,6 +50,7 @@ def session_config() -> SessionConfig:
             .with_information_schema(True)
             .set("datafusion.sql_parser.map_string_types_to_utf8view", "false")
             .set("datafusion.execution.parquet.schema_force_view_types", "false")
+            .set("datafusion.execution.parquet.max_row_group_size", str(ROW_GROUP_ROWS))
             .set("datafusion.catalog.default_catalog", DEFAULT_CATALOG)
             .set("datafusion.catalog.default_schema", DEFAULT_SCHEMA))
 
