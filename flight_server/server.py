@@ -69,7 +69,7 @@ def _sql_info_values() -> dict[int, object]:
         S.SQL_IDENTIFIER_QUOTE_CHAR: '"',
         S.SQL_QUOTED_IDENTIFIER_CASE: 0,  # case-sensitive: no enum value, so UNKNOWN
         S.SQL_ALL_TABLES_ARE_SELECTABLE: True,
-        S.SQL_NULL_ORDERING: 2,  # SQL_NULLS_SORTED_AT_END... DataFusion sorts NULLs last ascending
+        S.SQL_NULL_ORDERING: 0,  # SQL_NULLS_SORTED_HIGH: last ascending, first descending
         S.SQL_KEYWORDS: keywords,
         S.SQL_NUMERIC_FUNCTIONS: ["abs", "ceil", "floor", "round", "sqrt", "power", "ln", "log", "exp"],
         S.SQL_STRING_FUNCTIONS: ["lower", "upper", "length", "substr", "concat", "trim", "replace"],

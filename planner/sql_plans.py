@@ -26,10 +26,6 @@ def stream_dataframe(df: Any, cancel: CancelToken) -> pa.RecordBatchReader:
     return guarded(schema, (b.cast(schema) for b in reader), cancel)
 
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
 def quote_literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from server_process import SHARED_DATA, ServerProcess
 
 
 @pytest.fixture(scope="session")
-def librispeech() -> "Path":
+def librispeech() -> Path:
     if not (SHARED_DATA / "librispeech_train.csv").exists():
         pytest.fail(f"LibriSpeech sample not found at {SHARED_DATA}; set THANOSQL_TEST_DATA")
     return SHARED_DATA

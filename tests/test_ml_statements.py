@@ -80,8 +80,8 @@ def test_tutorial_end_to_end(start_server, librispeech, checkpoint):
     assert lines[0].startswith("Predict: model=my_asr_model")
     assert any("Filter" in line for line in lines[1:]) and any("TableScan" in line for line in lines[1:])
 
-    fitted = execute(url, f"FIT MODEL my_asr_model_v2 USING my_asr_model OPTIONS (max_epochs=1, "
-                          f"batch_size=8, learning_rate=1e-4) AS SELECT * FROM librispeech_train LIMIT 16")
+    fitted = execute(url, "FIT MODEL my_asr_model_v2 USING my_asr_model OPTIONS (max_epochs=1, "
+                          "batch_size=8, learning_rate=1e-4) AS SELECT * FROM librispeech_train LIMIT 16")
     assert fitted.to_pylist()[0]["model"] == "my_asr_model_v2"
     again = execute(url, "FIT MODEL my_asr_model USING my_asr_model OPTIONS (epochs=1) "
                          "AS SELECT * FROM librispeech_train LIMIT 8")
