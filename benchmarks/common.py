@@ -274,6 +274,8 @@ class PeakMemory:
         self.samples = 0
         self._procs: list = []
         self._procs_at = -1e9
+        self._cpu_start: dict[int, float] = {}  # pid -> CPU seconds when first seen at start
+        self._cpu_last: dict[int, float] = {}   # pid -> CPU seconds last seen
         self._pss_at = -1e9
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="peak-memory", daemon=True)
@@ -295,11 +297,19 @@ class PeakMemory:
         for proc in self._tree():
             try:
                 rss += proc.memory_info().rss
+                cpu = proc.cpu_times()
+                self._cpu_last[proc.pid] = cpu.user + cpu.system
                 if with_pss:
                     pss += _pss(proc.pid)
             except psutil.Error:
                 continue
         return rss, pss
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time the tree used while sampled (processes that lived under a second between
+        two process-list refreshes are missed; their last second is missed too)."""
+        return sum(v - self._cpu_start.get(pid, 0.0) for pid, v in self._cpu_last.items())
 
     def _run(self):
         while not self._stop.is_set():
@@ -315,18 +325,24 @@ class PeakMemory:
 
     def __enter__(self) -> "PeakMemory":
         self.start_rss = self.sample(with_pss=False)[0]
+        self._cpu_start = dict(self._cpu_last)
         self._procs_at = -1e9
+        self._started = time.monotonic()
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+        self.sample(with_pss=False)  # final CPU times of what is still alive
+        self.wall = time.monotonic() - self._started
 
     def report(self) -> dict:
         return {"start_rss_mib": round(self.start_rss / 2 ** 20, 1),
                 "peak_rss_mib": round(self.peak_rss / 2 ** 20, 1),
                 "peak_pss_mib": round(self.peak_pss / 2 ** 20, 1) if self.peak_pss else None,
+                "cpu_s": round(self.cpu_seconds, 2),
+                "cpu_per_wall": round(self.cpu_seconds / self.wall, 3) if getattr(self, "wall", 0) else None,
                 "samples": self.samples}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -19,8 +20,10 @@ END = "<!-- latest-figures:end -->"
 
 
 def latest(results_dir: Path, name: str) -> dict | None:
-    files = sorted((p for p in results_dir.glob(f"{name}-*.json") if not p.name.endswith("-quick.json")),
-                   key=lambda p: p.stat().st_mtime)
+    """The newest <name>-YYYY-MM-DD.json (quick runs and other suffixed files are left out)."""
+    pattern = re.compile(re.escape(name) + r"-\d{4}-\d{2}-\d{2}\.json")
+    files = sorted((p for p in results_dir.glob(f"{name}-*.json") if pattern.fullmatch(p.name)),
+                   key=lambda p: p.name)
     if not files:
         return None
     doc = json.loads(files[-1].read_text())
