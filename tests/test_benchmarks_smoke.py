@@ -82,3 +82,17 @@ def test_stats_and_profile_summary(tmp_path):
     assert summary["samples"] == 4
     assert dict(summary["categories_pct"]) == {"model forward": 75.0, "imports": 25.0}
     assert summary["self_pct"][0] == ("conv (c.py:3)", 75.0)
+
+
+def test_report_section(tmp_path):
+    sys.path.insert(0, str(REPO))
+    from benchmarks import report
+
+    doc = {"benchmark": "query_serving", "date": "2026-01-01", "command": "python -m benchmarks.query_serving",
+           "machine": {"cpu": "cpu", "versions": {}, "loadavg": [1.0, 1.0, 1.0]}, "targets": {"x <= 1": False},
+           "table_text": "\ntitle\n| a |\n|---|\n| 1 |\n\nserver: py-spy, 3 samples\n| % |\n|---|\n| 9 |\n"}
+    (tmp_path / "query_serving-2026-01-01.json").write_text(json.dumps(doc))
+    (tmp_path / "query_serving-2026-01-02-quick.json").write_text(json.dumps({**doc, "date": "quick"}))
+    text = report.section(tmp_path)
+    assert "**title**" in text and "| 1 |" in text and "py-spy" not in text and "MISSED" in text
+    assert "quick" not in text and "### predict" in text and "Not run yet." in text
