@@ -35,3 +35,17 @@ class Unsupported(PlannerError):
 
 class Internal(PlannerError):
     """An unexpected failure; the message is safe to show (INTERNAL)."""
+
+
+class FailedPrecondition(PlannerError):
+    """The object is in the wrong state for the request, e.g. a model still training
+    (FAILED_PRECONDITION)."""
+
+
+class ResourceExhausted(PlannerError):
+    """A limit was hit: statement size or depth, audio length, disk full, too many failed
+    logins (RESOURCE_EXHAUSTED)."""
+
+
+class DeadlineExceeded(PlannerError):
+    """The statement ran past its timeout (DEADLINE_EXCEEDED)."""
