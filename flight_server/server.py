@@ -236,7 +236,7 @@ class FlightSqlServer(flight.FlightServerBase):
             result = P.DoPutPreparedStatementResult(prepared_statement_handle=command.prepared_statement_handle)
             writer.write(pa.py_buffer(result.SerializeToString()))
         elif isinstance(command, P.CommandStatementIngest):
-            count = self._ingest(command, reader)
+            count = self._ingest(command, reader, context)
             self._write_update_result(writer, count)
         else:
             raise Unsupported(f"DoPut does not support {P.type_name(command)}")
@@ -245,7 +245,7 @@ class FlightSqlServer(flight.FlightServerBase):
     def _write_update_result(writer, count: int) -> None:
         writer.write(pa.py_buffer(P.DoPutUpdateResult(record_count=count).SerializeToString()))
 
-    def _ingest(self, command, reader) -> int:
+    def _ingest(self, command, reader, context=None) -> int:
         if command.temporary:
             raise Unsupported("temporary tables are not supported: ingest into a persisted table")
         if command.HasField("transaction_id"):
@@ -262,7 +262,10 @@ class FlightSqlServer(flight.FlightServerBase):
             mode = "create_append" if create else "append"
         else:
             mode = "create" if create else "append"
-        return self.engine.ingest(command.table, reader.to_reader(), mode)
+        # The client's cancel (or a failed send, which gRPC turns into a cancel) must not
+        # commit: the stream then ends as if complete, with what had arrived.
+        cancel = CancelToken(context.is_cancelled if context is not None else None)
+        return self.engine.ingest(command.table, reader.to_reader(), mode, cancel)
 
     # --- DoAction -----------------------------------------------------------------------
 

@@ -27,7 +27,7 @@ from planner.sql_plans import (
     DML_ONLY, LIST_TABLES_SCHEMA, READ_ONLY, CopyFromPlan, CopyToPlan, CreateExternalPlan, CreateTablePlan,
     CreateViewPlan, DropPlan, SqlDml, SqlQuery, StaticRows, list_tables, update_plan,
 )
-from planner.storage import ROW_GROUP_ROWS, TableStore, utf8_schema
+from planner.storage import ROW_GROUP_ROWS, TableStore, disk_full_is_exhausted, utf8_schema
 
 DEFAULT_CATALOG = "datafusion"
 DEFAULT_SCHEMA = "public"
@@ -159,18 +159,34 @@ class Engine:
             # report its row count, as other Flight SQL servers do.
             reader = plan.run(self, params, cancel or CancelToken())
             return sum(b.num_rows for b in reader)
-        return int(plan.run(self, params, cancel or CancelToken()))
+        # Writes through the store are all-or-nothing and say so; this catches a full
+        # disk met by what DataFusion writes itself (COPY ... TO, external tables).
+        with disk_full_is_exhausted("running the statement", "what it wrote may be incomplete"):
+            return int(plan.run(self, params, cancel or CancelToken()))
 
     def check_parameters(self, plan: Plan, params: pa.RecordBatch | None) -> None:
         """Refuse a wrong number of bound values as soon as they are bound."""
         param_rows(params, len(plan.parameter_schema))
 
-    def ingest(self, table: str, reader: pa.RecordBatchReader, mode: str) -> int:
+    def ingest(self, table: str, reader: pa.RecordBatchReader, mode: str,
+               cancel: CancelToken | None = None) -> int:
+        """Bulk ingest: all the stream's rows are committed, or none (nor the table, in the
+        create modes). `cancel` is asked after each batch and at the end of the stream:
+        a call the client abandoned (e.g. a batch over its message size limit) ends like
+        a clean stream on the server, and must not commit what arrived."""
         if mode not in INGEST_MODES:
             raise InvalidInput(f"ingest mode must be one of {', '.join(INGEST_MODES)}")
         if not table:
             raise InvalidInput("bulk ingest needs a target table name")
-        return self.store.write_table(table.lower(), reader, reader.schema, mode)
+        cancel = cancel or CancelToken()
+
+        def batches():
+            for batch in reader:
+                cancel.check()
+                yield batch
+            cancel.check()
+
+        return self.store.write_table(table.lower(), batches(), reader.schema, mode)
 
     def object_exists(self, name: str) -> bool:
         return self.store.get(name) is not None or self.ctx.table_exist(name)

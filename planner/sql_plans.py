@@ -47,16 +47,69 @@ class SqlQuery(Plan):
 
 @dataclass
 class SqlDml(Plan):
+    """INSERT (and DataFusion's other DML). An INSERT into a stored table is planned by
+    DataFusion, whose DML plan's input is the source already cast and projected to the
+    table's columns; the store writes the rows of every bound parameter row into one
+    file and commits it with one rename, under its lock: all the statement's rows or none.
+    """
     sql: str = ""
 
     def run(self, engine, params, cancel):
-        total = 0
-        for values in param_rows(params, len(self.parameter_schema)):
+        rows = param_rows(params, len(self.parameter_schema))
+        if not rows:
+            return 0
+        with engine.store.lock:
+            plans = []
+            for values in rows:
+                cancel.check()
+                plans.append(engine.run_datafusion(
+                    lambda values=values: engine.ctx.sql_with_options(self.sql, DML_ONLY, param_values=values)))
+            target = insert_target(engine, plans[0].logical_plan())
+            if target is None:
+                # Not an INSERT into a stored table: DataFusion's own behaviour (DELETE,
+                # UPDATE and INSERT OVERWRITE are unsupported on listing tables; INSERT into
+                # a view is refused; an external table gets DataFusion's append).
+                total = 0
+                for df in plans:
+                    cancel.check()
+                    batches = engine.run_datafusion(df.collect)
+                    total += sum(int(b.column(0)[0].as_py()) for b in batches if b.num_rows)
+                return total
+            sources = [engine.run_datafusion(
+                lambda df=df: engine.ctx.create_dataframe_from_logical_plan(df.logical_plan().inputs()[0]))
+                for df in plans]
+            schema = utf8_schema(sources[0].schema())
+            return engine.store.write_table(target, _source_batches(engine, sources, cancel), schema, "append")
+
+
+def insert_target(engine, logical_plan) -> str | None:
+    """The stored table an `INSERT INTO` plan appends to, or None for anything else."""
+    from planner.engine import DEFAULT_CATALOG, DEFAULT_SCHEMA
+    try:
+        dml = logical_plan.to_variant()
+        if dml.op().name() != "Insert Into":
+            return None
+        parts = dml.table_name().split(".")
+    except Exception:  # not a DmlStatement
+        return None
+    name = parts[-1]
+    if len(parts) > 3 or (len(parts) == 3 and parts[0] != DEFAULT_CATALOG) \
+            or (len(parts) >= 2 and parts[-2] != DEFAULT_SCHEMA):
+        return None
+    stored = engine.store.get(name)
+    return name if stored is not None and stored.kind == "table" else None
+
+
+def _source_batches(engine, sources, cancel):
+    """The batches of every source, in order; DataFusion errors met mid-way are planner errors."""
+    for df in sources:
+        batches = iter(engine.run_datafusion(lambda df=df: pa.RecordBatchReader.from_stream(df)))
+        while True:
             cancel.check()
-            batches = engine.run_datafusion(
-                lambda: engine.ctx.sql_with_options(self.sql, DML_ONLY, param_values=values).collect())
-            total += sum(int(b.column(0)[0].as_py()) for b in batches if b.num_rows)
-        return total
+            batch = engine.run_datafusion(lambda: next(batches, None))
+            if batch is None:
+                break
+            yield batch
 
 
 @dataclass
