@@ -20,6 +20,7 @@ from datafusion import SessionConfig, SessionContext
 
 from planner import statements as st
 from planner import copy as copy_source
+from planner import limits
 from planner.errors import InvalidInput, NotFound, PlannerError, Unsupported
 from planner.paths import PathPolicy
 from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, explain_table, param_rows, parameter_schema_of
@@ -58,6 +59,7 @@ def session_config() -> SessionConfig:
 class Engine:
     def __init__(self, data_dir: str | Path, allowed_roots: Iterable[str | Path] = (),
                  dataset_mirror: str | Path | None = None):
+        limits.use_large_thread_stacks()  # before DataFusion starts its threads
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = session_config()

@@ -1,0 +1,73 @@
+"""Statements that used to crash the server: deep expressions are refused or run, never fatal."""
+
+from __future__ import annotations
+
+import adbc_driver_flightsql.dbapi as flightsql
+import pytest
+from sqlglot.tokens import Tokenizer
+
+from planner.limits import MAX_EXPRESSION_DEPTH, expression_depth
+
+
+def depth(sql: str) -> int:
+    return expression_depth(Tokenizer().tokenize(sql))
+
+
+def test_depth_estimate_never_below_the_chain():
+    assert depth("SELECT " + "+".join(["1"] * 50)) >= 49
+    ors = depth("SELECT * FROM t WHERE " + " OR ".join(f"x = {i}" for i in range(100)))
+    assert 100 <= ors <= 102  # 99 ORs above one comparison
+    # a tight chain under a loose one sits as deep as both chains together
+    assert depth("SELECT " + "*".join(["2"] * 40) + "+1" * 40) >= 79
+    assert depth(" UNION ALL ".join(["SELECT 1"] * 30)) >= 29
+    # parentheses add the chain around them
+    assert depth("SELECT 1 + 1 + (2 * (3 + 3 + 3))") >= 5
+    assert depth("SELECT (" + "+".join(["1"] * 30) + ") + " + "+".join(["1"] * 30)) >= 59
+
+
+def test_depth_estimate_of_wide_but_shallow_queries():
+    wide = "SELECT " + ", ".join(f"a{i} + b{i}" for i in range(5000)) + " FROM t"
+    assert depth(wide) <= 3
+    in_list = "SELECT * FROM t WHERE x IN (" + ", ".join(str(i) for i in range(20000)) + ")"
+    assert depth(in_list) <= 3
+    cases = "SELECT CASE " + " ".join(f"WHEN x = {i} THEN {i}" for i in range(3000)) + " END FROM t"
+    assert depth(cases) <= 3
+
+
+def run(url: str, sql: str):
+    with flightsql.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        return cur.fetchall()
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT " + "+".join(["1"] * 5000),                                   # was SIGSEGV
+    "SELECT " + "||".join(["'a'"] * 3000),                                 # was SIGSEGV
+    "SELECT * FROM (VALUES (1)) v(x) WHERE " + " OR ".join(f"x = {i}" for i in range(20000)),
+    " UNION ALL ".join(["SELECT 1"] * 5000),
+])
+def test_too_deep_is_refused_and_the_server_lives(server, sql):
+    with pytest.raises(flightsql.Error) as info:
+        run(server.url, sql)
+    message = str(info.value)
+    assert "(ResourceExhausted;" in message, message
+    assert f"the limit is {MAX_EXPRESSION_DEPTH}" in message
+    assert server.alive()
+    assert run(server.url, "SELECT 42") == [(42,)]
+
+
+def test_just_under_the_limit_runs(server):
+    """The deepest chain allowed runs through the server's own threads (streamed result)."""
+    n = MAX_EXPRESSION_DEPTH - 2
+    assert run(server.url, "SELECT " + "+".join(["1"] * n)) == [(n,)]
+    rows = run(server.url, "SELECT " + "||".join(["'a'"] * n))
+    assert rows == [("a" * n,)]
+    assert server.alive()
+
+
+def test_nested_parentheses_get_a_clean_error(server):
+    with pytest.raises(flightsql.Error) as info:
+        run(server.url, "SELECT " + "(" * 200 + "1" + ")" * 200)
+    assert "(InvalidArgument;" in str(info.value) or "(ResourceExhausted;" in str(info.value)
+    assert "Traceback" not in str(info.value)
+    assert server.alive()
