@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept this user/password (Flight handshake, as JDBC does); repeatable")
     p.add_argument("--tls-cert", help="PEM certificate: serve grpc+tls")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    p.add_argument("--statement-timeout", type=float, metavar="SECONDS",
+                   default=float(env("THANOSQL_STATEMENT_TIMEOUT", "0")),
+                   help="stop any statement (query, write, BUILD, PREDICT...) that runs longer "
+                        "(DEADLINE_EXCEEDED); 0, the default, means no limit")
     p.add_argument("--log-level", default=env("THANOSQL_LOG_LEVEL", "INFO"))
     return p
 
@@ -67,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         tls = [(Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())]
         scheme = "grpc+tls"
 
-    engine = Engine(args.data_dir, allowed_roots=args.allow_path, dataset_mirror=args.dataset_mirror)
+    engine = Engine(args.data_dir, allowed_roots=args.allow_path, dataset_mirror=args.dataset_mirror,
+                    statement_timeout=args.statement_timeout)
     for problem in engine.load_problems:
         logging.getLogger("thanosql.server").warning("could not restore %s", problem)
     server = FlightSqlServer(engine, f"{scheme}://{args.host}:{args.port}",

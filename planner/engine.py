@@ -7,6 +7,7 @@ registry, and turns SQL text into plan nodes and plan nodes into Arrow results.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
@@ -21,7 +22,7 @@ from datafusion import SessionConfig, SessionContext
 from planner import statements as st
 from planner import copy as copy_source
 from planner import limits
-from planner.errors import InvalidInput, NotFound, PlannerError, Unsupported
+from planner.errors import Cancelled, InvalidInput, NotFound, PlannerError, Unsupported
 from planner.paths import PathPolicy
 from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, explain_table, param_rows, parameter_schema_of
 from planner.sql_plans import (
@@ -58,8 +59,9 @@ def session_config() -> SessionConfig:
 
 class Engine:
     def __init__(self, data_dir: str | Path, allowed_roots: Iterable[str | Path] = (),
-                 dataset_mirror: str | Path | None = None):
+                 dataset_mirror: str | Path | None = None, statement_timeout: float = 0.0):
         limits.use_large_thread_stacks()  # before DataFusion starts its threads
+        self.statement_timeout = statement_timeout
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = session_config()
@@ -152,19 +154,29 @@ class Engine:
                       cancel: CancelToken | None = None) -> pa.RecordBatchReader:
         if plan.is_update:
             raise InvalidInput("this statement returns no rows; execute it as an update")
-        return plan.run(self, params, cancel or CancelToken())
+        cancel = self._timed(cancel)
+        with _timeout_reported(cancel):
+            return plan.run(self, params, cancel)
 
     def execute_update(self, plan: Plan, params: pa.RecordBatch | None = None,
                        cancel: CancelToken | None = None) -> int:
-        if not plan.is_update:
-            # A query sent as an update (e.g. CommandStatementUpdate with a SELECT): run it,
-            # report its row count, as other Flight SQL servers do.
-            reader = plan.run(self, params, cancel or CancelToken())
-            return sum(b.num_rows for b in reader)
-        # Writes through the store are all-or-nothing and say so; this catches a full
-        # disk met by what DataFusion writes itself (COPY ... TO, external tables).
-        with disk_full_is_exhausted("running the statement", "what it wrote may be incomplete"):
-            return int(plan.run(self, params, cancel or CancelToken()))
+        cancel = self._timed(cancel)
+        with _timeout_reported(cancel):
+            if not plan.is_update:
+                # A query sent as an update (e.g. CommandStatementUpdate with a SELECT): run
+                # it, report its row count, as other Flight SQL servers do.
+                reader = plan.run(self, params, cancel)
+                return sum(b.num_rows for b in reader)
+            # Writes through the store are all-or-nothing and say so; this catches a full
+            # disk met by what DataFusion writes itself (COPY ... TO, external tables).
+            with disk_full_is_exhausted("running the statement", "what it wrote may be incomplete"):
+                return int(plan.run(self, params, cancel))
+
+    def _timed(self, cancel: CancelToken | None) -> CancelToken:
+        """The statement's token, its timeout started (the server's --statement-timeout)."""
+        cancel = cancel or CancelToken()
+        cancel.start_timer(self.statement_timeout)
+        return cancel
 
     def check_parameters(self, plan: Plan, params: pa.RecordBatch | None) -> None:
         """Refuse a wrong number of bound values as soon as they are bound."""
@@ -234,6 +246,17 @@ class Engine:
             return "SYSTEM TABLE"
         stored = self.store.get(name) if schema == DEFAULT_SCHEMA else None
         return "VIEW" if stored is not None and stored.kind == "view" else "TABLE"
+
+
+@contextlib.contextmanager
+def _timeout_reported(cancel: CancelToken):
+    """A statement stopped by its timeout says so (DEADLINE_EXCEEDED), not 'cancelled'."""
+    try:
+        yield
+    except Cancelled:
+        if cancel.timed_out:
+            raise cancel.error() from None
+        raise
 
 
 def like(value: str, pattern: str | None) -> bool:

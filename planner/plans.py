@@ -9,25 +9,40 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import pyarrow as pa
 
-from planner.errors import Cancelled, InvalidInput
+from planner.errors import Cancelled, DeadlineExceeded, InvalidInput, PlannerError
 
 EMPTY_SCHEMA = pa.schema([])
 
 
 class CancelToken(threading.Event):
-    """Set by CancelFlightInfo; `is_set` also asks whether the client went away."""
+    """Set by CancelFlightInfo; `is_set` also asks whether the client went away (or its
+    gRPC deadline passed) and whether the statement ran past its timeout."""
 
     def __init__(self, probe: Callable[[], bool] | None = None):
         super().__init__()
         self.probe = probe
+        self.deadline: float | None = None
+        self.timeout = 0.0
+        self.timed_out = False
+
+    def start_timer(self, seconds: float) -> None:
+        """Make the statement stop once it has run `seconds` (0: no limit)."""
+        if seconds > 0:
+            self.timeout = seconds
+            self.deadline = time.monotonic() + seconds
 
     def is_set(self) -> bool:  # noqa: D401 - Event API
         if super().is_set():
+            return True
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.timed_out = True
+            self.set()
             return True
         if self.probe is not None and self.probe():
             self.set()
@@ -36,7 +51,14 @@ class CancelToken(threading.Event):
 
     def check(self) -> None:
         if self.is_set():
-            raise Cancelled("the statement was cancelled")
+            raise self.error()
+
+    def error(self) -> PlannerError:
+        """What stopped the statement: its timeout, or a cancel."""
+        if self.timed_out:
+            return DeadlineExceeded(f"the statement ran past the server's statement timeout "
+                                    f"({self.timeout:g} s) and was stopped")
+        return Cancelled("the statement was cancelled")
 
 
 @dataclass

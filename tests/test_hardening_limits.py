@@ -71,3 +71,28 @@ def test_nested_parentheses_get_a_clean_error(server):
     assert "(InvalidArgument;" in str(info.value) or "(ResourceExhausted;" in str(info.value)
     assert "Traceback" not in str(info.value)
     assert server.alive()
+
+
+def test_statement_timeout_stops_a_long_aggregation(start_server):
+    """--statement-timeout interrupts DataFusion before its first batch, and its work stops."""
+    import time
+
+    import psutil
+
+    server = start_server("--statement-timeout", "1.5")
+    slow = "SELECT count(*), sum(value % 7) FROM generate_series(1, 100000000000)"
+    started = time.monotonic()
+    with pytest.raises(flightsql.Error) as info:
+        run(server.url, slow)
+    elapsed = time.monotonic() - started
+    message = str(info.value)
+    assert "(DeadlineExceeded;" in message, message
+    assert "statement timeout (1.5 s)" in message
+    assert elapsed < 30, elapsed  # generous: the aggregation alone would take many minutes
+    process = psutil.Process(server.proc.pid)
+    time.sleep(0.5)
+    before = sum(process.cpu_times()[:2])
+    time.sleep(2.0)
+    busy = sum(process.cpu_times()[:2]) - before
+    assert busy < 0.5, f"the server kept computing: {busy:.2f} CPU-seconds in 2 s"
+    assert run(server.url, "SELECT 42") == [(42,)]  # fast statements are unaffected
