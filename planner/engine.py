@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pyarrow as pa
-from datafusion import SessionConfig, SessionContext
+from datafusion import SessionConfig
 
 from planner import statements as st
 from planner import copy as copy_source
 from planner import limits
 from planner.errors import Cancelled, InvalidInput, NotFound, PlannerError, Unsupported
-from planner.paths import PathPolicy
+from planner.paths import ConfinedContext, PathPolicy, external_tables_of
 from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, explain_table, param_rows, parameter_schema_of
 from planner.sql_plans import (
     DML_ONLY, LIST_TABLES_SCHEMA, READ_ONLY, CopyFromPlan, CopyToPlan, CreateExternalPlan, CreateTablePlan,
@@ -65,8 +65,10 @@ class Engine:
         self.data_dir = Path(data_dir).resolve()
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.config = session_config()
-        self.ctx = SessionContext(self.config)
         self.policy = PathPolicy(self.data_dir, tuple(allowed_roots))
+        # Every statement DataFusion plans has the external tables it reads checked, per file.
+        self.ctx = ConfinedContext(self.config, self.policy,
+                                   lambda: external_tables_of(getattr(self, "store", None)))
         self.dataset_mirror = Path(dataset_mirror) if dataset_mirror else None
         self.store = TableStore(self.data_dir, self.ctx)
         from planner import system_tables
@@ -126,7 +128,7 @@ class Engine:
             self.policy.resolve(statement.path)
             return update_plan(CopyFromPlan, statement=statement, mode=mode)
         if isinstance(statement, st.CopyTo):
-            self.policy.resolve(statement.path)
+            self.policy.write_target(statement.path)
             return update_plan(CopyToPlan, statement=statement)
         if isinstance(statement, st.ListTables):
             return StaticRows(dataset_schema=LIST_TABLES_SCHEMA, producer=lambda: list_tables(self),

@@ -16,6 +16,7 @@ from planner.storage import utf8_schema
 
 READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 DML_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(True).with_allow_statements(False)
+EXPLAIN_DDL = SQLOptions().with_allow_ddl(True).with_allow_dml(False).with_allow_statements(False)
 CANCEL_POLL_SECONDS = 0.1  # how often a statement waiting for DataFusion checks its token
 
 
@@ -200,9 +201,16 @@ class CreateExternalPlan(Plan):
 
     def run(self, engine, params, cancel):
         st = self.statement
-        location = engine.policy.resolve(st.location)
-        suffix = "/" if location.is_dir() else ""
-        sql = st.sql_before_location + quote_literal(str(location) + suffix) + st.sql_after_location
+        # The location and every file under it are checked (the policy, again in the
+        # engine's ConfinedContext at each later scan); DataFusion gets the checked real path
+        # at the literal's own token, and must read the statement the same way.
+        _, literal = engine.policy.external_location(st.location)
+        sql = st.sql_before_location + quote_literal(literal) + st.sql_after_location
+        explained = engine.run_datafusion(lambda: engine.ctx.sql("EXPLAIN " + sql, options=EXPLAIN_DDL))
+        inner = explained.logical_plan().to_variant().plan().to_variant()
+        if type(inner).__name__ != "CreateExternalTable" or list(inner.locations()) != [literal]:
+            raise PermissionDenied(f"CREATE EXTERNAL TABLE: the statement's LOCATION could not be confirmed "
+                                   f"as '{literal}'; write it as LOCATION 'path' with a plain literal")
         with engine.store.lock:
             existing = engine.store.get(st.name)
             if existing is not None and not st.or_replace:
@@ -250,10 +258,22 @@ class CopyFromPlan(Plan):
 class CopyToPlan(Plan):
     statement: Any = None
 
+    def explain(self) -> str:
+        return f"CopyTo: path={self.statement.path}"
+
     def run(self, engine, params, cancel):
-        target = engine.policy.resolve(self.statement.path)
-        sql = self.statement.sql.replace(quote_literal(self.statement.path), quote_literal(str(target)), 1)
-        batches = engine.run_datafusion(lambda: engine.ctx.sql(sql).collect())
+        st = self.statement
+        # The target literal's own token is replaced by the checked real path (never a text
+        # search), then DataFusion's plan must name exactly that path before anything runs.
+        target = engine.policy.write_target(st.path)
+        literal = str(target) + ("/" if st.path.endswith("/") and str(target) != "/" else "")
+        sql = st.sql_before_path + quote_literal(literal) + st.sql_after_path
+        df = engine.run_datafusion(lambda: engine.ctx.sql(sql, options=DML_ONLY))
+        node = df.logical_plan().to_variant()
+        if type(node).__name__ != "CopyTo" or node.output_url() != literal:
+            raise PermissionDenied(f"COPY ... TO: the statement's target could not be confirmed as "
+                                   f"'{literal}'; write it as COPY (query) TO 'path' with a plain literal")
+        batches = engine.run_datafusion(df.collect)
         return sum(int(b.column(0)[0].as_py()) for b in batches if b.num_rows)
 
 

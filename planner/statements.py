@@ -75,9 +75,15 @@ class CopyFrom:
 
 @dataclass(frozen=True)
 class CopyTo:
-    """DataFusion's `COPY (query) TO 'path'`: allowed once its path is checked."""
+    """DataFusion's `COPY (query) TO 'path'`: allowed once its path is checked.
+
+    The target is the literal right after the statement's own TO (a parenthesised query is
+    skipped whole, whatever literals it holds); the text around it is kept so the checked
+    path replaces exactly that token."""
     sql: str
     path: str
+    sql_before_path: str = ""  # the statement up to the target literal
+    sql_after_path: str = ""
 
 
 @dataclass(frozen=True)
@@ -356,11 +362,19 @@ def _parse_own(cur: _Cursor) -> Any:
 
 def _parse_copy(cur: _Cursor) -> Any:
     cur.expect("COPY", "COPY")
-    if cur.peek() and cur.peek().token_type == TokenType.L_PAREN:
+    if _at(cur, TokenType.L_PAREN):
+        _skip_parens(cur)
         return _copy_to(cur)
     table = cur.name("a table name")
-    if cur.word() in ("TO",) or cur.word() == "(":
+    dotted = False
+    while _at(cur, TokenType.DOT):  # COPY schema.table TO ...
+        cur.i += 1
+        cur.name("a table name")
+        dotted = True
+    if cur.word() == "TO":
         return _copy_to(cur)
+    if dotted:
+        raise InvalidInput("COPY table FROM 'path' takes a plain table name")
     options = _options(cur)
     if cur.word() == "TO":
         return _copy_to(cur)
@@ -370,12 +384,33 @@ def _parse_copy(cur: _Cursor) -> Any:
     return CopyFrom(table, path, options)
 
 
-def _copy_to(cur: _Cursor) -> CopyTo:
-    """DataFusion's COPY ... TO 'path': find the target literal after TO."""
-    while not cur.at_end() and cur.word() != "TO":
+def _at(cur: _Cursor, kind: TokenType) -> bool:
+    tok = cur.peek()
+    return tok is not None and tok.token_type == kind
+
+
+def _skip_parens(cur: _Cursor) -> None:
+    """Move past a balanced ( ... ) group starting at the current token (tokens, so
+    parentheses inside literals, identifiers and comments do not count)."""
+    depth = 0
+    while not cur.at_end():
+        kind = cur.peek().token_type
         cur.i += 1
+        if kind == TokenType.L_PAREN:
+            depth += 1
+        elif kind == TokenType.R_PAREN:
+            depth -= 1
+            if depth == 0:
+                return
+    raise InvalidInput("unbalanced parentheses: a ')' is missing")
+
+
+def _copy_to(cur: _Cursor) -> CopyTo:
+    """DataFusion's COPY source TO 'path': the literal right after this TO is the target."""
     cur.expect("TO", "COPY ... TO 'path'")
-    return CopyTo(cur.sql, cur.string("the target path"))
+    tok = cur.peek()
+    path = cur.string("the target path")
+    return CopyTo(cur.sql, path, cur.sql[:tok.start], cur.sql[tok.end + 1:])
 
 
 def _parse_create(cur: _Cursor) -> Any:
@@ -395,10 +430,18 @@ def _parse_create(cur: _Cursor) -> Any:
     if_not_exists = cur.accept("IF", "NOT", "EXISTS")
     name = cur.name("a table name")
     if external:
+        # Column definitions and OPTIONS are skipped whole, so a column named location
+        # or a literal 'location' is never taken for the clause.
         while not cur.at_end() and cur.word() != "LOCATION":
-            cur.i += 1
+            if _at(cur, TokenType.L_PAREN):
+                _skip_parens(cur)
+            else:
+                cur.i += 1
         cur.expect("LOCATION", "CREATE EXTERNAL TABLE ... LOCATION 'path'")
         tok = cur.peek()
+        if _at(cur, TokenType.L_PAREN):
+            raise Unsupported("CREATE EXTERNAL TABLE takes one LOCATION 'path' (a folder or a file), "
+                              "not a list")
         location = cur.string("the LOCATION")
         return CreateExternalTable(name, location, cur.sql[:tok.start], cur.sql[tok.end + 1:],
                                    if_not_exists, or_replace)
