@@ -6,6 +6,7 @@ paths are made absolute against the CSV's own folder, so a dataset folder can mo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterator
 
@@ -40,36 +41,57 @@ def copy_mode(options: dict) -> str:
 
 
 def open_source(path_text: str, options: dict, policy: PathPolicy) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    """The schema and batches of what `COPY ... FROM path_text` would load."""
+    """The schema and batches of what `COPY ... FROM path_text` would load.
+
+    The path is checked by the policy (inside the roots, symlinks resolved); a folder's
+    audio files are each checked; a file is opened without blocking and must be a regular
+    file (a FIFO, socket or device is refused before anything reads it)."""
     path = policy.resolve(path_text)
-    if not path.exists():
+    if not os.path.lexists(path):
         raise NotFound(f"no file or folder at '{path_text}' (resolved to {path})")
     if path.is_dir():
-        return _audio_folder(path, options.get("audio_col", "audio"))
+        return _audio_folder(path, path_text, options.get("audio_col", "audio"), policy)
+    path = policy.regular_file(path_text, what="COPY source")
     fmt = options.get("format") or FORMATS.get(path.suffix.lower())
     if fmt not in ("csv", "parquet", "json"):
         raise InvalidInput(f"cannot tell the format of '{path.name}': give OPTIONS (format='csv'|'parquet'|'json')")
+    source = policy.open_regular(path)
     try:
         if fmt == "parquet":
-            file = pq.ParquetFile(path)
-            return file.schema_arrow, file.iter_batches()
-        if fmt == "json":
-            table = pajson.read_json(path)
-        else:
-            delimiter = options.get("delimiter", "\t" if path.suffix.lower() == ".tsv" else ",")
-            table = pacsv.read_csv(path, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+            file = pq.ParquetFile(source)
+            return file.schema_arrow, _closing(file.iter_batches(), source)
+        with source:
+            if fmt == "json":
+                table = pajson.read_json(source)
+            else:
+                delimiter = options.get("delimiter", "\t" if path.suffix.lower() == ".tsv" else ",")
+                table = pacsv.read_csv(source, parse_options=pacsv.ParseOptions(delimiter=delimiter))
+        if fmt == "csv":
             table = _absolute_audio_paths(table, path.parent, policy)
     except (pa.ArrowInvalid, OSError) as exc:
+        source.close()
         raise InvalidInput(f"could not read '{path_text}' as {fmt}: {exc}") from None
     return table.schema, iter(table.to_batches())
 
 
-def _audio_folder(folder: Path, column: str) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
-    files = sorted(str(p) for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
+def _closing(batches: Iterator[pa.RecordBatch], source) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from batches
+    finally:
+        source.close()
+
+
+def _audio_folder(folder: Path, shown: str, column: str, policy: PathPolicy) -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+    """Every audio file under `folder` (symlinked folders followed), each resolved and checked."""
+    files = sorted(str(p) for p in policy.walk(folder, f"COPY source '{shown}'", wanted=_is_audio_name))
     if not files:
         raise InvalidInput(f"folder '{folder}' holds no audio files ({', '.join(AUDIO_EXTENSIONS)})")
     table = pa.table({column: pa.array(files, pa.string())})
     return table.schema, iter(table.to_batches())
+
+
+def _is_audio_name(name: str) -> bool:
+    return name.lower().endswith(AUDIO_EXTENSIONS)
 
 
 def _absolute_audio_paths(table: pa.Table, base: Path, policy: PathPolicy) -> pa.Table:
