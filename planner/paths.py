@@ -20,14 +20,16 @@ every scan, following symlinks), by `ConfinedContext`, the engine's SessionConte
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 import re
 import stat
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 from urllib.parse import unquote, urlsplit
 
-from datafusion import SessionContext
+from datafusion import DataFrame, SessionContext
 
 from planner.errors import InvalidInput, NotFound, PermissionDenied
 
@@ -277,7 +279,7 @@ class PathPolicy:
                      or _SCHEME.match(text) is not None)
         if path_like:
             return str(self._checkpoint_folder(text))
-        if ".." in text.split("/") or ".." in text:
+        if ".." in text:
             raise self._refuse(text, "contains '..'; base_model is a folder (give its path) or a hub "
                                      "id such as facebook/wav2vec2-base-960h")
         if os.path.lexists(self.base / text):
@@ -293,7 +295,10 @@ class PathPolicy:
         return text
 
     def _checkpoint_folder(self, text: str, shown: str | None = None) -> Path:
-        resolved = self.resolve(text)
+        try:
+            resolved = self.resolve(text)
+        except PermissionDenied as exc:
+            raise PermissionDenied(f"base_model '{shown or text}': {exc}") from None
         if not resolved.is_dir():
             return resolved  # the checkpoint loader says what is missing
         self.check_tree(resolved, f"base_model '{shown or text}'")
@@ -339,28 +344,65 @@ class ConfinedContext(SessionContext):
       its LOCATION and every file under it, before DataFusion sees it;
     - any other statement: every external table its plan scans or writes (views and
       subqueries included), each file under its folder, as it is planned.
-    `external_tables()` returns {name: location} of the stored external tables.
+    `external_tables()` returns {name: location} of the stored external tables; the map is
+    cached and forgotten whenever the catalog changes through this context (a table
+    registered or dropped, an external table created) or `forget_external_tables()` is
+    called, so a plain query costs no catalog read.
     """
 
     def __init__(self, config, policy: PathPolicy, external_tables: Callable[[], dict[str, str]]):
         super().__init__(config)
         self.policy = policy
         self.external_tables = external_tables
+        self._lock = threading.Lock()
+        self._externals: dict[str, str] | None = None
+        self._generation = 0
 
     def sql(self, query: str, options=None, param_values=None, **named_params):  # noqa: D102
         location = _location_of(query) if "EXTERNAL" in query.upper() else None
         if location is not None:
             self.policy.external_location(location)
-        df = super().sql(query, options=options, param_values=param_values, **named_params)
+            self.forget_external_tables()
+        try:
+            df = super().sql(query, options=options, param_values=param_values, **named_params)
+        finally:
+            if location is not None:
+                self.forget_external_tables()
         self.check_plan(df)
-        return df
+        # Checked again whenever it (or a frame made from it) runs: a statement prepared
+        # now may run after a link was planted in a folder it scans.
+        return CheckedDataFrame(df, self.check_plan)
+
+    def register_table(self, *args, **kwargs):  # noqa: D102
+        self.forget_external_tables()
+        return super().register_table(*args, **kwargs)
+
+    def deregister_table(self, *args, **kwargs):  # noqa: D102
+        self.forget_external_tables()
+        return super().deregister_table(*args, **kwargs)
+
+    def forget_external_tables(self) -> None:
+        with self._lock:
+            self._generation += 1
+            self._externals = None
+
+    def _external_map(self) -> dict[str, str]:
+        with self._lock:
+            if self._externals is not None:
+                return self._externals
+            generation = self._generation
+        try:
+            fresh = self.external_tables()
+        except Exception:  # the catalog is not open yet (start-up)
+            return {}
+        with self._lock:
+            if generation == self._generation:  # nothing changed while it was read
+                self._externals = fresh
+        return fresh
 
     def check_plan(self, df) -> None:
         """Refuse `df` if an external table it reads or writes holds a file outside the roots."""
-        try:
-            externals = self.external_tables()
-        except Exception:  # the catalog is not open yet (start-up)
-            return
+        externals = self._external_map()
         if not externals:
             return
         try:
@@ -371,6 +413,41 @@ class ConfinedContext(SessionContext):
             location = externals[name]
             resolved = self.policy.resolve(location)
             self.policy.check_tree(resolved, f"external table {name} ({location})")
+
+
+class CheckedDataFrame(DataFrame):
+    """A DataFrame whose external tables are checked again each time it runs (collect,
+    stream, write...); the frames derived from it (select, filter, join...) are too."""
+
+    def __init__(self, df: DataFrame, check: Callable[[DataFrame], None]):
+        super().__init__(df.df)
+        self._check = check
+
+
+# DataFrame methods that run the plan (DataFusion lists the scanned folders then).
+_RUNS = {"collect", "collect_column", "collect_partitioned", "cache", "show", "count", "describe",
+         "to_arrow_table", "execute_stream", "execute_stream_partitioned", "to_pandas", "to_pylist",
+         "to_pydict", "to_polars", "write_csv", "write_parquet", "write_parquet_with_options",
+         "write_json", "write_table", "__arrow_c_stream__", "__iter__", "__aiter__"}
+
+
+def _checked(name: str, original: Callable) -> Callable:
+    runs = name in _RUNS
+
+    @functools.wraps(original)
+    def method(self, *args, **kwargs):
+        if runs:
+            self._check(self)
+        result = original(self, *args, **kwargs)
+        if isinstance(result, DataFrame) and not isinstance(result, CheckedDataFrame):
+            result = CheckedDataFrame(result, self._check)
+        return result
+    return method
+
+
+for _name, _value in list(vars(DataFrame).items()):
+    if inspect.isfunction(_value) and (not _name.startswith("_") or _name in _RUNS or _name == "__getitem__"):
+        setattr(CheckedDataFrame, _name, _checked(_name, _value))
 
 
 def external_tables_of(store) -> dict[str, str]:

@@ -221,6 +221,9 @@ class CreateExternalPlan(Plan):
                 engine.ctx.deregister_table(st.name)
             engine.run_datafusion(lambda: engine.ctx.sql(sql).collect())
             engine.store.remember(st.name, "external", sql)
+            forget = getattr(engine.ctx, "forget_external_tables", None)
+            if forget is not None:
+                forget()  # the next statement reads the catalog's external tables again
         return 0
 
 
