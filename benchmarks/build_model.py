@@ -46,7 +46,8 @@ def run(args) -> dict:
         csv_path = C.SHARED_DATA / TRAIN_CSV
         results["utterances"] = len(rows)
         results["audio_seconds"] = C.audio_seconds(p for p, _ in rows)
-        with C.our_server(tmp / "data") as server:
+        # base_model must lie in a folder the server allows (the checkpoint cache)
+        with C.our_server(tmp / "data", "--allow-path", str(args.cache_dir)) as server:
             conn = C.connect(server.url)
             cur = conn.cursor()
             cur.execute(f"COPY train FROM '{csv_path}'")

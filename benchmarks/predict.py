@@ -85,7 +85,7 @@ def run(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="thanosql-bench-predict-"))
     profiles: dict = {}
     try:
-        with C.our_server(tmp / "data") as server:
+        with C.our_server(tmp / "data", "--allow-path", str(ckpt)) as server:  # base_model is confined
             conn = C.connect(server.url)
             cur = conn.cursor()
             for name, csv_name in SETS.items():

@@ -119,7 +119,7 @@ def run(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="thanosql-bench-resp-"))
     try:
         ckpt = C.checkpoint(Path(args.cache_dir), args.size)
-        with C.our_server(tmp / "data") as server:
+        with C.our_server(tmp / "data", "--allow-path", str(ckpt)) as server:  # base_model is confined
             conn = C.connect(server.url)
             cur = conn.cursor()
             cur.adbc_ingest("big", make_table(args.rows), mode="create")

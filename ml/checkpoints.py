@@ -141,18 +141,22 @@ def _unavailable(name: str, why: str) -> CheckpointUnavailable:
 def locate(base_model: str) -> tuple[str, bool]:
     """(source for from_pretrained, local_files_only) for a folder or hub id.
 
-    Folders are used as they are.  Hub ids are taken from the HF cache when present; the
-    hub is only tried when not offline and reachable.  Raises CheckpointUnavailable.
+    Folders are returned as absolute paths, so a loader never reads a relative name against
+    the working folder.  Hub ids are taken from the HF cache when present; the hub is only
+    tried when not offline and reachable.  A name with a '..' part is a path, never a hub
+    id.  Raises CheckpointUnavailable.  (Names from SQL are confined to the server's
+    allowed folders by the planner's PathPolicy before they reach this function.)
     """
     if not isinstance(base_model, str) or not base_model.strip():
         raise _unavailable(str(base_model), "no base model named")
     name = os.path.expanduser(base_model.strip())
     if os.path.isdir(name):
-        if not os.path.isfile(os.path.join(name, "config.json")):
-            raise _unavailable(base_model, f"folder {name} has no config.json")
-        return name, True
-    if _looks_like_path(base_model) or os.path.exists(name):
-        raise _unavailable(base_model, f"folder {name} does not exist")
+        folder = os.path.abspath(name)
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise _unavailable(base_model, f"folder {folder} has no config.json")
+        return folder, True
+    if _looks_like_path(base_model) or os.path.lexists(name) or ".." in name.split("/"):
+        raise _unavailable(base_model, f"folder {os.path.abspath(name)} does not exist")
     try:
         from huggingface_hub import try_to_load_from_cache
         cached = try_to_load_from_cache(name, "config.json")

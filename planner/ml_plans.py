@@ -134,12 +134,13 @@ def _explain(node_line: str, df) -> str:
 
 
 def _audio_paths(engine, values: list[Any], row_offset: int) -> list[str]:
-    """Audio paths resolved against the data directory and confined to the allowed roots."""
+    """Audio paths resolved against the data directory and confined to the allowed roots
+    (symlinks resolved per file); a FIFO, socket or device is refused before it is opened."""
     paths = []
     for i, value in enumerate(values):
         if value is None or str(value).strip() == "":
             raise InvalidInput(f"row {row_offset + i}: the audio path is empty")
-        paths.append(str(engine.policy.resolve(str(value))))
+        paths.append(str(engine.policy.audio_file(str(value), row=row_offset + i)))
     return paths
 
 
@@ -197,6 +198,8 @@ class TrainNode(Plan):
             return self._run(engine, params, cancel)
 
     def _run(self, engine, params, cancel: CancelToken):
+            if base_model != ml_options.default_base_model():  # named in SQL (the default is the admin's)
+                base_model = engine.policy.base_model(base_model)  # a folder inside the roots, or a hub id
         from ml import worker
         audio_col, text_col = self.options["audio_col"], self.options["text_col"]
         data = _collect_columns(engine, self.df.dataframe(engine, params), [audio_col, text_col], cancel)

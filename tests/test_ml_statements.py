@@ -41,7 +41,7 @@ def load_tables(url, librispeech):
 
 
 def test_tutorial_end_to_end(start_server, librispeech, checkpoint):
-    server = start_server()
+    server = start_server("--allow-path", str(checkpoint))  # base_model must lie in an allowed folder
     url = server.url
     load_tables(url, librispeech)
     assert execute(url, "SELECT * FROM librispeech_train").num_rows == 100
@@ -99,7 +99,7 @@ def test_tutorial_end_to_end(start_server, librispeech, checkpoint):
 
 
 def test_prepared_ml_statements_and_bad_input(start_server, librispeech, checkpoint, tmp_path):
-    server = start_server()
+    server = start_server("--allow-path", str(checkpoint))  # base_model must lie in an allowed folder
     url = server.url
     load_tables(url, librispeech)
     base = f"base_model='{checkpoint}'"
@@ -171,7 +171,7 @@ def _wait_for_training(url, name, server, timeout=180):
 
 
 def test_concurrent_query_cancel_and_killed_worker(start_server, librispeech, checkpoint):
-    server = start_server()
+    server = start_server("--allow-path", str(checkpoint))  # base_model must lie in an allowed folder
     url = server.url
     load_tables(url, librispeech)
     build = (f"BUILD MODEL {{name}} USING Wav2Vec2En OPTIONS (base_model='{checkpoint}', epochs=20, "
@@ -225,7 +225,7 @@ def _error_of(call, *args):
 
 
 def test_killed_server_marks_training_failed(start_server, librispeech, checkpoint):
-    server = start_server()
+    server = start_server("--allow-path", str(checkpoint))  # base_model must lie in an allowed folder
     load_tables(server.url, librispeech)
     threading.Thread(target=lambda: _swallow(execute, server.url,
                      f"BUILD MODEL doomed USING Wav2Vec2En OPTIONS (base_model='{checkpoint}', epochs=20) "
