@@ -16,6 +16,7 @@ import csv
 import hashlib
 import os
 import shutil
+import stat
 import tarfile
 import threading
 import urllib.error
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from planner.errors import InvalidInput, NotFound
+from planner.errors import InvalidInput, NotFound, PermissionDenied
 
 DATASET_FOLDER = "thanosql-dataset"
 VALID_OPTIONS = {"overwrite": "True to fetch again and replace the dataset's files and tables"}
@@ -112,7 +113,7 @@ def fetch_dataset(name: str, data_dir: Path, mirror: Path | None, overwrite: boo
         try:
             source = _mirror_folder(dataset, mirror)
             if source is not None:
-                _copy_from_mirror(dataset, source, staging)
+                _copy_from_mirror(dataset, source, staging, Path(mirror).expanduser())
             else:
                 _download_sample(dataset, root / ".downloads", staging, mirror)
             _swap_in(staging, target)
@@ -132,11 +133,16 @@ def _mirror_folder(dataset: Dataset, mirror: Path | None) -> Path | None:
     return None
 
 
-def _copy_from_mirror(dataset: Dataset, source: Path, staging: Path) -> None:
-    """Copy the tables' CSVs and exactly the audio files they name (hard links when possible)."""
+def _copy_from_mirror(dataset: Dataset, source: Path, staging: Path, mirror: Path | None = None) -> None:
+    """Copy the tables' CSVs and exactly the audio files they name (hard links when possible).
+
+    Every file is resolved first: a symlink leading out of the mirror, or anything that is
+    not a regular file (a FIFO would block the fetch), is refused; what lands in the data
+    directory is the real file, never a link."""
+    roots = tuple(dict.fromkeys(Path(os.path.realpath(p)) for p in (source, mirror or source)))
     staging.mkdir(parents=True)
     for table in dataset.tables:
-        src_csv = source / f"{table}.csv"
+        src_csv = _mirror_file(source / f"{table}.csv", roots)
         with open(src_csv, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
         for row in rows:
@@ -145,13 +151,29 @@ def _copy_from_mirror(dataset: Dataset, source: Path, staging: Path) -> None:
                 raise InvalidInput(f"mirror file {src_csv}: audio path {rel!r} must be relative "
                                    "to the CSV's folder")
             src = source / rel
-            if not src.is_file():
+            if not os.path.lexists(src):
                 raise NotFound(f"mirror file {src_csv} names {rel}, which is missing from {source}")
-            _link_or_copy(src, staging / rel)
-        _link_or_copy(src_csv, staging / src_csv.name)
+            _link_or_copy(_mirror_file(src, roots), staging / rel)
+        _link_or_copy(src_csv, staging / f"{table}.csv")
     readme = source / "README.md"
     if readme.is_file():
-        _link_or_copy(readme, staging / "README.md")
+        _link_or_copy(_mirror_file(readme, roots), staging / "README.md")
+
+
+def _mirror_file(path: Path, roots: tuple[Path, ...]) -> Path:
+    """The real path of a mirror file, refused if it leads out of the mirror or is not a
+    regular file."""
+    real = Path(os.path.realpath(path))
+    if not any(real == r or real.is_relative_to(r) for r in roots):
+        raise PermissionDenied(f"mirror file {path} resolves to {real}, outside the dataset mirror "
+                               f"({', '.join(str(r) for r in roots)}); it is not copied")
+    try:
+        mode = os.stat(real).st_mode
+    except FileNotFoundError:
+        raise NotFound(f"mirror file {path} is missing (a dangling link to {real})") from None
+    if not stat.S_ISREG(mode):
+        raise PermissionDenied(f"mirror file {path} is not a regular file; it is not copied")
+    return real
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
