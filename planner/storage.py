@@ -89,7 +89,7 @@ class TableStore:
         self.tables_dir = self.data_dir / "tables"
         self.tables_dir.mkdir(parents=True, exist_ok=True)
         self.ctx = ctx
-        self.lock = threading.RLock()  # serialises catalog changes; queries never take it
+        self.lock = threading.RLock()  # serialises every write (catalog and appends); queries never take it
         self.db_path = self.data_dir / "catalog.sqlite"
         # Settings for the scratch contexts that build listing tables (copied before the
         # SET below: a config copied after a SET makes contexts without their catalog).

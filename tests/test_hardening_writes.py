@@ -177,7 +177,7 @@ def test_concurrent_writers_and_readers_lose_no_acknowledged_row(start_server):
 N = 150_000  # rows per write: long enough for a kill to land inside it
 
 
-class Path_:
+class WritePath:
     """A write path, run as a sequence of statements on its own tables. `expected(k)` is
     what the tables hold after k statements: the state after a crash must be the one after
     every acknowledged statement, or after one more (committed, not yet acknowledged)."""
@@ -200,7 +200,7 @@ def summary(ids) -> tuple:
     return (len(ids), sum(ids))
 
 
-class Insert(Path_):
+class Insert(WritePath):
     def setup(self, cur):
         cur.execute(f"CREATE TABLE {self.prefix} AS SELECT value AS id FROM generate_series(1, 1000)")
 
@@ -223,7 +223,7 @@ class Insert(Path_):
         return {self.prefix: summary(ids)}
 
 
-class IngestCreate(Path_):
+class IngestCreate(WritePath):
     def op(self, cur, k):
         cur.adbc_ingest(f"{self.prefix}_{k}", ids_table(range(k, k + N)), mode="create")
 
@@ -231,7 +231,7 @@ class IngestCreate(Path_):
         return {f"{self.prefix}_{j}": summary(range(j, j + N)) for j in range(k)}
 
 
-class IngestAppend(Path_):
+class IngestAppend(WritePath):
     def setup(self, cur):
         cur.adbc_ingest(self.prefix, ids_table(range(1000)), mode="create")
 
@@ -242,7 +242,7 @@ class IngestAppend(Path_):
         return {self.prefix: (1000 + k * N, sum(range(1000)) + k * sum(range(N)))}
 
 
-class IngestReplace(Path_):
+class IngestReplace(WritePath):
     def setup(self, cur):
         cur.adbc_ingest(self.prefix, ids_table(range(1000)), mode="create")
 
@@ -253,7 +253,7 @@ class IngestReplace(Path_):
         return {self.prefix: summary(range(1000)) if k == 0 else summary(range(k, k + N))}
 
 
-class Ctas(Path_):
+class Ctas(WritePath):
     def op(self, cur, k):
         cur.execute(f"CREATE TABLE {self.prefix}_{k} AS SELECT value AS id FROM generate_series({k}, {k + N - 1})")
 
@@ -261,7 +261,7 @@ class Ctas(Path_):
         return {f"{self.prefix}_{j}": summary(range(j, j + N)) for j in range(k)}
 
 
-class CreateOrReplace(Path_):
+class CreateOrReplace(WritePath):
     def setup(self, cur):
         cur.execute(f"CREATE TABLE {self.prefix} AS SELECT 0 AS id")
 
@@ -273,7 +273,7 @@ class CreateOrReplace(Path_):
         return {self.prefix: (1, 0) if k == 0 else summary(range(k, k + N))}
 
 
-class CopyCsv(Path_):
+class CopyCsv(WritePath):
     """COPY ... append from a CSV in the data directory (the first one creates the table)."""
     rows = 50_000
 
@@ -284,7 +284,7 @@ class CopyCsv(Path_):
         return {self.prefix: (k * self.rows, k * sum(range(self.rows)))} if k else {}
 
 
-class CopyParquet(Path_):
+class CopyParquet(WritePath):
     """COPY ... replace from two Parquet files in the data directory, in turn."""
 
     def op(self, cur, k):
