@@ -236,7 +236,7 @@ class PathPolicy:
 
     def write_target(self, path: str) -> Path:
         """The real path COPY ... TO may write (a file, or a folder for a trailing '/'):
-        inside the roots, not through a symlink, not a FIFO/socket/device, and not the
+        inside the data directory (other roots are read-only), not through a symlink, not a FIFO/socket/device, and not the
         data directory's catalog, table or model folders."""
         text = path
         candidate = self.parse(text)
@@ -249,8 +249,9 @@ class PathPolicy:
             if os.path.islink(target):
                 raise self._refuse(text, f"is a symbolic link ({target} -> {os.readlink(target)}); "
                                          "COPY ... TO never writes through a link")
-        if not self.inside(target):
-            raise self._outside(text, target)
+        if not (target == self.base or target.is_relative_to(self.base)):
+            raise self._refuse(text, f"resolves to {target}, outside the data directory {self.base}: "
+                                     "COPY ... TO writes only there (--allow-path folders are read-only)")
         try:
             mode = os.stat(target).st_mode
         except FileNotFoundError:
