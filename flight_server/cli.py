@@ -27,6 +27,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="accept 'Authorization: Bearer TOKEN' (also env THANOSQL_API_TOKEN)")
     p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
                    help="accept this user/password (Flight handshake, as JDBC does); repeatable")
+    p.add_argument("--max-statement-bytes", type=int, metavar="BYTES",
+                   default=int(env("THANOSQL_MAX_STATEMENT_BYTES", str(1 << 20))),
+                   help="refuse SQL text longer than this, before planning (INVALID_ARGUMENT); "
+                        "default %(default)s")
+    p.add_argument("--login-attempts", type=int, metavar="N", default=5,
+                   help="wrong passwords allowed per user name before logins back off "
+                        "(default %(default)s)")
+    p.add_argument("--login-backoff", type=float, metavar="SECONDS", default=1.0,
+                   help="first login refusal window after --login-attempts failures; doubles "
+                        "with each further failure, up to 300 s (default %(default)s)")
     p.add_argument("--tls-cert", help="PEM certificate: serve grpc+tls")
     p.add_argument("--tls-key", help="PEM private key for --tls-cert")
     p.add_argument("--statement-timeout", type=float, metavar="SECONDS",
@@ -48,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     # down several-fold with OpenMP's spinning waits; measured 4-6x here.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    from flight_server.auth import Authenticator
+    from flight_server.auth import Authenticator, LoginBackoff
     from flight_server.server import FlightSqlServer
     from planner.engine import Engine
 
@@ -76,7 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     for problem in engine.load_problems:
         logging.getLogger("thanosql.server").warning("could not restore %s", problem)
     server = FlightSqlServer(engine, f"{scheme}://{args.host}:{args.port}",
-                             authenticator=Authenticator(tokens, users), tls_certificates=tls)
+                             authenticator=Authenticator(tokens, users, backoff=LoginBackoff(
+                                 free_failures=args.login_attempts, base_delay=args.login_backoff)),
+                             tls_certificates=tls, max_statement_bytes=args.max_statement_bytes)
     print(f"thanosql-server listening on {scheme}://{args.host}:{server.port} "
           f"(data directory {engine.data_dir})", flush=True)
     try:

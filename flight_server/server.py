@@ -3,11 +3,15 @@
 This module knows the protocol (commands, tickets, handles, result encodings) and
 nothing of SQL or ML. Every handler leaves through `translated`, so clients get a
 clean message with the right gRPC status and the server keeps serving.
+
+Handles (prepared statements, tickets) belong to the identity that made them (see
+`flight_server.auth`); SQL text over `max_statement_bytes` is refused before planning.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from dataclasses import dataclass, field
 
@@ -16,7 +20,7 @@ import pyarrow.flight as flight
 
 from flight_server import metadata as md
 from flight_server import protocol as P
-from flight_server.auth import AuthMiddlewareFactory, Authenticator, HeaderHandshake
+from flight_server.auth import ANONYMOUS, AuthMiddlewareFactory, Authenticator, HeaderHandshake
 from flight_server.errors import translated, translated_batches
 from flight_server.handles import HandleStore
 from planner.engine import Engine
@@ -28,6 +32,7 @@ log = logging.getLogger("thanosql.server")
 SERVER_NAME = "thanosql-flight"
 SERVER_VERSION = "0.1.0"
 DEFAULT_HANDLE_TTL = 15 * 60.0
+DEFAULT_MAX_STATEMENT_BYTES = 1 << 20
 UPDATE_RESULT_SCHEMA = pa.schema([("count", pa.int64())])
 
 
@@ -103,28 +108,66 @@ def _sql_info_values() -> dict[int, object]:
     }
 
 
+# The RPC handlers pyarrow calls; each must go through `translated` (checked at start).
+_RPC_METHODS = ("list_flights", "get_flight_info", "get_schema", "do_get", "do_put",
+                "do_exchange", "list_actions", "do_action")
+
+
 class FlightSqlServer(flight.FlightServerBase):
     def __init__(self, engine: Engine, location: str = "grpc://127.0.0.1:31337",
                  authenticator: Authenticator | None = None, tls_certificates=None,
-                 handle_ttl: float = DEFAULT_HANDLE_TTL):
-        middleware = {}
-        if authenticator is not None and authenticator.enabled:
-            middleware["auth"] = AuthMiddlewareFactory(authenticator)
+                 handle_ttl: float = DEFAULT_HANDLE_TTL,
+                 max_statement_bytes: int = DEFAULT_MAX_STATEMENT_BYTES):
+        # pyarrow appends `traceback.format_exception(...)` of any non-Flight exception a
+        # handler raises to the gRPC message; with this it is one line without frames
+        # (flight_server.errors explains; our own logs format tracebacks explicitly).
+        # Process-wide, so set here for library use too, not only by the CLI.
+        sys.tracebacklimit = 0
+        for name in _RPC_METHODS:
+            if not getattr(getattr(self, name), "translated", False):
+                raise TypeError(f"FlightSqlServer.{name} must be wrapped in @translated")
+        # Always installed: it authenticates when `authenticator` is enabled and tells
+        # every handler who is calling (context.get_middleware("auth").identity).
+        middleware = {"auth": AuthMiddlewareFactory(authenticator)}
         super().__init__(location, auth_handler=HeaderHandshake(), tls_certificates=tls_certificates,
                          middleware=middleware)
         self.engine = engine
+        self.max_statement_bytes = max_statement_bytes
         self.prepared: HandleStore[Prepared] = HandleStore(handle_ttl, "prepared statement")
         self.pending: HandleStore[Execution] = HandleStore(handle_ttl, "ticket")
-        self._running: dict[bytes, CancelToken] = {}
+        self._running: dict[bytes, tuple[str, CancelToken]] = {}
         self._running_lock = threading.Lock()
         self.sql_info = _sql_info_values()
+
+    @staticmethod
+    def _identity(context) -> str:
+        call = context.get_middleware("auth")
+        return call.identity if call is not None else ANONYMOUS
+
+    def _prepare_sql(self, query: str) -> Plan:
+        """Plan SQL text from the client, refusing oversize text before the planner sees it."""
+        size = len(query.encode("utf-8", "surrogatepass"))
+        if size > self.max_statement_bytes:
+            raise InvalidInput(f"statement is {size} bytes; the limit is {self.max_statement_bytes} "
+                               "bytes (server option --max-statement-bytes)")
+        return self.engine.prepare(query)
+
+    # --- RPCs Flight SQL does not use ----------------------------------------------------
+
+    @translated
+    def list_flights(self, context, criteria):
+        raise Unsupported("ListFlights is not supported: this is a Flight SQL server")
+
+    @translated
+    def do_exchange(self, context, descriptor, reader, writer):
+        raise Unsupported("DoExchange is not supported: this is a Flight SQL server")
 
     # --- GetFlightInfo / GetSchema -----------------------------------------------------
 
     @translated
     def get_flight_info(self, context, descriptor):
         command = self._command(descriptor)
-        schema, ticket = self._plan_command(command)
+        schema, ticket = self._plan_command(command, self._identity(context))
         endpoint = flight.FlightEndpoint(ticket, [])
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
 
@@ -132,10 +175,11 @@ class FlightSqlServer(flight.FlightServerBase):
     def get_schema(self, context, descriptor):
         command = self._command(descriptor)
         if isinstance(command, P.CommandStatementQuery):
-            plan = self.engine.prepare(command.query)
+            plan = self._prepare_sql(command.query)
             return flight.SchemaResult(UPDATE_RESULT_SCHEMA if plan.is_update else plan.dataset_schema)
         if isinstance(command, P.CommandPreparedStatementQuery):
-            return flight.SchemaResult(self._prepared(command.prepared_statement_handle).plan.dataset_schema)
+            prepared = self._prepared(command.prepared_statement_handle, self._identity(context))
+            return flight.SchemaResult(prepared.plan.dataset_schema)
         schema = _METADATA_SCHEMAS.get(P.type_name(command))
         if schema is None:
             raise Unsupported(f"GetSchema does not apply to {P.type_name(command)}")
@@ -148,26 +192,26 @@ class FlightSqlServer(flight.FlightServerBase):
             raise InvalidInput("this server takes Flight SQL commands (CMD descriptors), not paths")
         return P.unpack(descriptor.command)
 
-    def _plan_command(self, command) -> tuple[pa.Schema, flight.Ticket]:
+    def _plan_command(self, command, owner: str) -> tuple[pa.Schema, flight.Ticket]:
         """The result schema and ticket of a command; nothing runs yet."""
         if isinstance(command, P.CommandStatementQuery):
-            plan = self.engine.prepare(command.query)
-            return self._ticket_for(plan, None)
+            plan = self._prepare_sql(command.query)
+            return self._ticket_for(plan, None, owner)
         if isinstance(command, P.CommandPreparedStatementQuery):
-            prepared = self._prepared(command.prepared_statement_handle)
-            return self._ticket_for(prepared.plan, prepared.params)
+            prepared = self._prepared(command.prepared_statement_handle, owner)
+            return self._ticket_for(prepared.plan, prepared.params, owner)
         if P.type_name(command) in _METADATA_SCHEMAS:
             table = self._metadata(command)
             return table.schema, flight.Ticket(P.pack(command))
         raise Unsupported(f"GetFlightInfo does not support {P.type_name(command)}")
 
-    def _ticket_for(self, plan: Plan, params) -> tuple[pa.Schema, flight.Ticket]:
-        handle = self.pending.add(Execution(plan, params))
+    def _ticket_for(self, plan: Plan, params, owner: str) -> tuple[pa.Schema, flight.Ticket]:
+        handle = self.pending.add(Execution(plan, params), owner)
         schema = UPDATE_RESULT_SCHEMA if plan.is_update else plan.dataset_schema
         return schema, flight.Ticket(P.pack(P.TicketStatementQuery(statement_handle=handle)))
 
-    def _prepared(self, handle: bytes) -> Prepared:
-        prepared = self.prepared.get(handle)
+    def _prepared(self, handle: bytes, owner: str) -> Prepared:
+        prepared = self.prepared.get(handle, owner)
         if prepared is None:
             raise NotFound("unknown or expired prepared statement handle; prepare the statement again")
         return prepared
@@ -184,12 +228,13 @@ class FlightSqlServer(flight.FlightServerBase):
         raise Unsupported(f"DoGet does not support {P.type_name(command)}")
 
     def _execute(self, context, handle: bytes):
-        execution = self.pending.pop(handle)
+        owner = self._identity(context)
+        execution = self.pending.pop(handle, owner)
         if execution is None:
             raise NotFound("unknown or expired ticket; run the statement again")
         execution.cancel.probe = context.is_cancelled
         with self._running_lock:
-            self._running[handle] = execution.cancel
+            self._running[handle] = (owner, execution.cancel)
         try:
             if execution.plan.is_update:
                 count = self.engine.execute_update(execution.plan, execution.params, execution.cancel)
@@ -198,13 +243,15 @@ class FlightSqlServer(flight.FlightServerBase):
         except BaseException:
             self._finished(handle)
             raise
-        # RecordBatchStream lets Flight's C++ side pull the batches (no Python per message).
-        stream = pa.RecordBatchReader.from_batches(reader.schema, self._stream(handle, reader))
-        return flight.RecordBatchStream(stream)
+        # A GeneratorStream, not a RecordBatchStream over a Python-backed reader: pyarrow
+        # sends a FlightError raised by a generator with its own status, while one raised
+        # inside a reader becomes UNKNOWN with a Python detail. Python runs once per
+        # batch either way.
+        return flight.GeneratorStream(reader.schema, self._stream(context, handle, reader))
 
-    def _stream(self, handle: bytes, reader):
+    def _stream(self, context, handle: bytes, reader):
         try:
-            yield from translated_batches(reader)
+            yield from translated_batches(reader, context)
         finally:
             self._finished(handle)
 
@@ -219,17 +266,17 @@ class FlightSqlServer(flight.FlightServerBase):
         command = self._command(descriptor)
         if isinstance(command, P.CommandStatementUpdate):
             # ADBC sends no data message here: reading would wait for one.
-            plan = self.engine.prepare(command.query)
+            plan = self._prepare_sql(command.query)
             count = self.engine.execute_update(plan, None, CancelToken(context.is_cancelled))
             self._write_update_result(writer, count)
         elif isinstance(command, P.CommandPreparedStatementUpdate):
-            prepared = self._prepared(command.prepared_statement_handle)
+            prepared = self._prepared(command.prepared_statement_handle, self._identity(context))
             params = _read_params(reader)
             count = self.engine.execute_update(prepared.plan, params if params is not None else prepared.params,
                                                CancelToken(context.is_cancelled))
             self._write_update_result(writer, count)
         elif isinstance(command, P.CommandPreparedStatementQuery):
-            prepared = self._prepared(command.prepared_statement_handle)
+            prepared = self._prepared(command.prepared_statement_handle, self._identity(context))
             params = _read_params(reader)
             self.engine.check_parameters(prepared.plan, params)  # fail at execute, not at fetch
             prepared.params = params
@@ -269,6 +316,7 @@ class FlightSqlServer(flight.FlightServerBase):
 
     # --- DoAction -----------------------------------------------------------------------
 
+    @translated
     def list_actions(self, context):
         return [(P.CREATE_PREPARED_STATEMENT, "Prepare a SQL or ThanoSQL statement"),
                 (P.CLOSE_PREPARED_STATEMENT, "Release a prepared statement"),
@@ -284,8 +332,8 @@ class FlightSqlServer(flight.FlightServerBase):
                 raise InvalidInput("CreatePreparedStatement expects ActionCreatePreparedStatementRequest")
             if request.HasField("transaction_id"):
                 raise Unsupported("transactions are not supported")
-            plan = self.engine.prepare(request.query)
-            handle = self.prepared.add(Prepared(plan))
+            plan = self._prepare_sql(request.query)
+            handle = self.prepared.add(Prepared(plan), self._identity(context))
             result = P.ActionCreatePreparedStatementResult(
                 prepared_statement_handle=handle,
                 dataset_schema=plan.dataset_schema.serialize().to_pybytes(),
@@ -294,22 +342,31 @@ class FlightSqlServer(flight.FlightServerBase):
             return [P.pack(result)]
         if kind == P.CLOSE_PREPARED_STATEMENT:
             request = P.unpack(body)
-            self.prepared.pop(request.prepared_statement_handle)
+            if not isinstance(request, P.ActionClosePreparedStatementRequest):
+                raise InvalidInput("ClosePreparedStatement expects ActionClosePreparedStatementRequest")
+            # Unknown, expired or another user's handle: nothing to close, as before.
+            self.prepared.pop(request.prepared_statement_handle, self._identity(context))
             return []
         if kind in (P.CANCEL_FLIGHT_INFO, P.CANCEL_QUERY):
-            return [self._cancel(kind, body)]
+            return [self._cancel(kind, body, self._identity(context))]
         if kind == P.CLOSE_SESSION:
             return [P.CloseSessionResult(status=P.CloseSessionResult.CLOSED).SerializeToString()]
         if kind in (P.BEGIN_TRANSACTION, P.END_TRANSACTION, P.BEGIN_SAVEPOINT, P.END_SAVEPOINT):
             raise Unsupported("transactions are not supported: every statement commits on its own")
         raise Unsupported(f"unknown action '{kind}'")
 
-    def _cancel(self, kind: str, body: bytes) -> bytes:
+    def _cancel(self, kind: str, body: bytes, owner: str) -> bytes:
         if kind == P.CANCEL_FLIGHT_INFO:
             info_bytes = P.parse(P.CancelFlightInfoRequest, body).info
         else:
-            info_bytes = P.unpack(body).info
-        info = flight.FlightInfo.deserialize(info_bytes)
+            request = P.unpack(body)
+            if not isinstance(request, P.ActionCancelQueryRequest):
+                raise InvalidInput("CancelQuery expects ActionCancelQueryRequest")
+            info_bytes = request.info
+        try:
+            info = flight.FlightInfo.deserialize(info_bytes)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for bad bytes
+            raise InvalidInput(f"{kind}: the FlightInfo does not parse") from exc
         cancelled = False
         for endpoint in info.endpoints:
             command = P.unpack(endpoint.ticket.ticket)
@@ -317,8 +374,10 @@ class FlightSqlServer(flight.FlightServerBase):
                 continue
             handle = command.statement_handle
             with self._running_lock:
-                token = self._running.get(handle)
-            pending = self.pending.pop(handle)
+                running_owner, token = self._running.get(handle, (None, None))
+            if running_owner != owner:
+                token = None  # another user's statement: as if unknown
+            pending = self.pending.pop(handle, owner)
             for target in (token, pending.cancel if pending else None):
                 if target is not None:
                     target.set()
