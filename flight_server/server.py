@@ -251,7 +251,7 @@ class FlightSqlServer(flight.FlightServerBase):
 
     def _stream(self, context, handle: bytes, reader):
         try:
-            yield from translated_batches(reader, context)
+            yield from translated_batches(_conforming(reader), context)
         finally:
             self._finished(handle)
 
@@ -419,6 +419,17 @@ class FlightSqlServer(flight.FlightServerBase):
 
 def _opt(message, name: str):
     return getattr(message, name) if message.HasField(name) else None
+
+
+def _conforming(reader):
+    """The reader's batches, each with exactly the reader's schema: GeneratorStream refuses
+    a batch whose schema differs (e.g. in nullability); the old RecordBatchStream path
+    sent it as is. Zero-copy."""
+    schema = reader.schema
+    for batch in reader:
+        if batch.schema != schema:
+            batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+        yield batch
 
 
 def _read_params(reader) -> pa.RecordBatch | None:
