@@ -22,7 +22,7 @@ from datafusion import SessionConfig
 from planner import statements as st
 from planner import copy as copy_source
 from planner import limits
-from planner.errors import Cancelled, InvalidInput, NotFound, PlannerError, Unsupported
+from planner.errors import Cancelled, InvalidInput, PlannerError, datafusion_error
 from planner.paths import ConfinedContext, PathPolicy, external_tables_of
 from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, explain_table, param_rows, parameter_schema_of
 from planner.sql_plans import (
@@ -268,16 +268,3 @@ def like(value: str, pattern: str | None) -> bool:
     regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
     return re.fullmatch(regex, value, flags=re.DOTALL) is not None
 
-
-def datafusion_error(exc: Exception) -> PlannerError:
-    """DataFusion's message, without its Rust-side prefixes, as the right planner error."""
-    message = str(exc).strip()
-    for prefix in ("DataFusion error: ", "Execution error: "):
-        if message.startswith(prefix):
-            message = message[len(prefix):]
-    lowered = message.lower()
-    if ("not found" in lowered and ("table" in lowered or "schema" in lowered)):
-        return NotFound(message)
-    if "not implemented" in lowered or "unsupported" in lowered:
-        return Unsupported(message)
-    return InvalidInput(message)

@@ -49,3 +49,17 @@ class ResourceExhausted(PlannerError):
 
 class DeadlineExceeded(PlannerError):
     """The statement ran past its timeout (DEADLINE_EXCEEDED)."""
+
+
+def datafusion_error(exc: Exception) -> PlannerError:
+    """DataFusion's message, without its Rust-side prefixes, as the right planner error."""
+    message = str(exc).strip()
+    for prefix in ("DataFusion error: ", "Execution error: "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    lowered = message.lower()
+    if ("not found" in lowered and ("table" in lowered or "schema" in lowered)):
+        return NotFound(message)
+    if "not implemented" in lowered or "unsupported" in lowered:
+        return Unsupported(message)
+    return InvalidInput(message)

@@ -18,7 +18,7 @@ import os
 
 from sqlglot.tokens import Token, TokenType
 
-from planner.errors import ResourceExhausted
+from planner.errors import InvalidInput
 
 MAX_EXPRESSION_DEPTH = 1_000
 RUST_THREAD_STACK_BYTES = 16 << 20
@@ -101,7 +101,7 @@ def expression_depth(tokens: list[Token]) -> int:
 def check_expression_depth(tokens: list[Token]) -> None:
     depth = expression_depth(tokens)
     if depth > MAX_EXPRESSION_DEPTH:
-        raise ResourceExhausted(
+        raise InvalidInput(
             f"the statement nests expressions about {depth} levels deep; the limit is "
             f"{MAX_EXPRESSION_DEPTH}. Split long chains of operators (for example use IN (...) "
             "instead of many ORs, or sum a column instead of adding many terms)")

@@ -110,8 +110,8 @@ REAL_ERRORS = [
      "PermissionDenied"),
     ("SET datafusion.execution.batch_size = 1", "Unimplemented", "SET", pa.ArrowNotImplementedError,
      "Unimplemented"),
-    ("SELECT " + "+".join(["1"] * 3000), "Unavailable", "the limit is", flight.FlightUnavailableError,
-     "ResourceExhausted"),
+    ("SELECT " + "+".join(["1"] * 3000), "InvalidArgument", "the limit is", pa.ArrowInvalid,
+     "InvalidArgument"),
     ("SELECT count(*), sum(value % 7) FROM generate_series(1, 100000000000)", "DeadlineExceeded",
      "statement timeout", flight.FlightTimedOutError, "DeadlineExceeded"),
 ]
