@@ -138,6 +138,8 @@ class FlightSqlServer(flight.FlightServerBase):
         self._running: dict[bytes, tuple[str, CancelToken]] = {}
         self._running_lock = threading.Lock()
         self.sql_info = _sql_info_values()
+        # Flight SQL reports the statement timeout in milliseconds (0: none).
+        self.sql_info[md.SqlInfo.FLIGHT_SQL_SERVER_STATEMENT_TIMEOUT] = int(engine.statement_timeout * 1000)
 
     @staticmethod
     def _identity(context) -> str:

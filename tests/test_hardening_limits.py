@@ -96,3 +96,17 @@ def test_statement_timeout_stops_a_long_aggregation(start_server):
     busy = sum(process.cpu_times()[:2]) - before
     assert busy < 0.5, f"the server kept computing: {busy:.2f} CPU-seconds in 2 s"
     assert run(server.url, "SELECT 42") == [(42,)]  # fast statements are unaffected
+
+
+def test_statement_timeout_is_reported_in_sql_info(start_server):
+    import pyarrow.flight as flight
+
+    from flight_server import protocol as P
+
+    server = start_server("--statement-timeout", "2.5")
+    client = flight.connect(server.url)
+    command = P.pack(P.CommandGetSqlInfo(info=[100]))  # FLIGHT_SQL_SERVER_STATEMENT_TIMEOUT
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(command))
+    table = client.do_get(info.endpoints[0].ticket).read_all()
+    assert table.column("info_name").to_pylist() == [100]
+    assert table.column("value").to_pylist() == [2500]  # milliseconds
