@@ -2,27 +2,46 @@
 
 The planner uses: ``options.validate`` for OPTIONS, ``ModelRegistry`` for models and
 versions, ``worker.run_training`` for BUILD/FIT, ``Transcriber`` for PREDICT/EVALUATE and
-``metrics.score`` for EVALUATE.  Heavy imports (torch, transformers) happen only when a
-model is trained or loaded, so importing ``ml`` stays cheap for the server.
+``metrics.score`` for EVALUATE.
+
+Importing ``ml`` (or ``ml.registry`` for the ``thanosql.*`` tables) loads nothing heavy:
+the names below resolve lazily (PEP 562), so soundfile, soxr, jiwer, torch and
+transformers load only when audio is read, a metric computed or a model trained or loaded.
 """
 
-from . import wav2vec2 as _wav2vec2  # noqa: F401  (first: sets OMP_WAIT_POLICY before torch loads)
-from .audio import SAMPLE_RATE, audio_seconds, load_audio
-from .errors import (AudioError, BadOptions, Cancelled, CheckpointUnavailable, MLError, ModelBusy,
-                     ModelExists, ModelNotFound, TrainingCancelled, TrainingFailed, UnknownModelClass)
-from .metrics import cer, metrics_table, score, wer
-from .options import MODEL_CLASSES, default_base_model, model_classes_table, resolve_class, validate
-from .registry import ModelRegistry, RunInfo
-from .text import normalize, normalize_for_metrics
-from .wav2vec2 import Transcriber, train
-from .worker import run_training
+from __future__ import annotations
 
-__all__ = [
-    "SAMPLE_RATE", "audio_seconds", "load_audio",
-    "AudioError", "BadOptions", "Cancelled", "CheckpointUnavailable", "MLError", "ModelBusy",
-    "ModelExists", "ModelNotFound", "TrainingCancelled", "TrainingFailed", "UnknownModelClass",
-    "cer", "metrics_table", "score", "wer",
-    "MODEL_CLASSES", "default_base_model", "model_classes_table", "resolve_class", "validate",
-    "ModelRegistry", "RunInfo", "normalize", "normalize_for_metrics",
-    "Transcriber", "train", "run_training",
-]
+import importlib
+import os
+
+# libgomp threads spin while they wait; set before torch can load (see ml/wav2vec2.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+_EXPORTS = {
+    "audio": ("SAMPLE_RATE", "audio_seconds", "load_audio", "stream_audio"),
+    "errors": ("AudioError", "AudioTooLong", "BadOptions", "Cancelled", "CheckpointUnavailable", "MLError",
+               "ModelBusy", "ModelExists", "ModelNotFound", "TrainingCancelled", "TrainingFailed",
+               "UnknownModelClass"),
+    "metrics": ("cer", "metrics_table", "score", "wer"),
+    "options": ("MODEL_CLASSES", "default_base_model", "model_classes_table", "resolve_class", "validate"),
+    "registry": ("ModelRegistry", "RunInfo"),
+    "text": ("normalize", "normalize_for_metrics"),
+    "wav2vec2": ("Transcriber", "train"),
+    "worker": ("run_training",),
+}
+_WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ml' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

@@ -22,7 +22,7 @@ class ModelExists(MLError):
 
 
 class ModelBusy(MLError):
-    """The model is being trained, so it cannot be deleted now."""
+    """The model is being trained, so it cannot be deleted, replaced or used yet."""
 
 
 class BadOptions(MLError):
@@ -43,6 +43,10 @@ class AudioError(MLError):
 
     def __reduce__(self):  # keep path/row across pickling (worker process -> parent)
         return (type(self), (str(self), self.path, self.row))
+
+
+class AudioTooLong(AudioError):
+    """An audio file is longer than a limit (max_duration); the message names the option."""
 
 
 class CheckpointUnavailable(MLError):

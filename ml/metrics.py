@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import jiwer
 import pyarrow as pa
 
 from .text import normalize_for_metrics
@@ -32,6 +31,8 @@ def _rate(out, ref_len: int) -> float:
 
 def error_counts(references, hypotheses) -> dict:
     """Word and character edit counts (the numbers behind WER/CER)."""
+    import jiwer  # loaded on first use: the server imports ml without it
+
     refs, hyps = _prepare(references, hypotheses)
     if not refs:
         return {"utterances": 0, "words": 0, "word_errors": 0, "chars": 0, "char_errors": 0}
