@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sqlite3
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,9 +51,11 @@ CREATE TABLE IF NOT EXISTS ml_model_versions (
     fit_from     TEXT,
     worker_pid   INTEGER,
     created_us   INTEGER NOT NULL,
-    updated_us   INTEGER NOT NULL,
-    UNIQUE (name, version)
+    updated_us   INTEGER NOT NULL
 );
+CREATE UNIQUE INDEX IF NOT EXISTS ml_model_versions_live ON ml_model_versions (name, version)
+    WHERE status IN ('training', 'ready');
+CREATE INDEX IF NOT EXISTS ml_model_versions_name ON ml_model_versions (name, version);
 CREATE TABLE IF NOT EXISTS ml_training_progress (
     run_id          TEXT NOT NULL REFERENCES ml_model_versions (run_id) ON DELETE CASCADE,
     step            INTEGER NOT NULL,
@@ -67,6 +70,13 @@ CREATE TABLE IF NOT EXISTS ml_training_progress (
 """
 
 _TS = pa.timestamp("us", tz="UTC")
+
+#: ``thanosql.training_info`` keeps the progress of this many most recent runs per model
+#: (older runs keep their row in ``thanosql.models``, without their step-by-step figures).
+PROGRESS_RUNS_KEPT = 5
+#: A run's progress rows are thinned (every other one dropped, then only every 2nd, 4th, ...
+#: step recorded) whenever they reach this many, so a long training stays a few KB.
+PROGRESS_ROWS_PER_RUN = 2000
 
 
 def _now_us() -> int:
@@ -99,9 +109,25 @@ class ModelRegistry:
         self.db_path = os.path.join(self.data_dir, CATALOG_FILE)
         self.models_root = os.path.join(self.data_dir, MODELS_DIR)
         os.makedirs(self.models_root, exist_ok=True)
+        self._watch = None
+        self._watch_lock = threading.Lock()
         with self._connect() as con:
             con.execute("PRAGMA journal_mode=WAL")
+            _migrate(con)
             con.executescript(_SCHEMA)
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits to the catalog.
+
+        SQLite's ``PRAGMA data_version`` on one long-lived read-only connection: cheap enough
+        to ask on every lookup of a ``thanosql.*`` table, so their snapshots are rebuilt only
+        after a change.
+        """
+        with self._watch_lock:
+            if self._watch is None:
+                self._watch = sqlite3.connect(self.db_path, timeout=60, isolation_level=None,
+                                              check_same_thread=False)
+            return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
 
     # Pickled as its data directory only (connections are per operation anyway).
     def __getstate__(self):
@@ -207,13 +233,18 @@ class ModelRegistry:
                     "('ready', 'training') ORDER BY version DESC LIMIT 1", (name,)).fetchone()
                 if busy is not None and not overwrite:
                     if busy["status"] == "training":
-                        raise ModelExists(f"model {name!r} is being trained (version {busy['version']}); "
-                                          "wait for it, cancel it, or use OPTIONS (overwrite=True)")
+                        raise ModelBusy(f"model {name!r} is being trained (version {busy['version']}); "
+                                        "wait for it, cancel it, or use OPTIONS (overwrite=True)")
                     raise ModelExists(f"model {name!r} already exists (version {busy['version']}); use "
                                       f"OPTIONS (overwrite=True) to replace it, or FIT MODEL {name} USING "
                                       f"{name} to train a new version of it")
+            # Failed and cancelled runs do not use up a version number: the next run gets the
+            # number after the last ready (or training) version.
             version = con.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM ml_model_versions "
-                                  "WHERE name = ?", (name,)).fetchone()[0]
+                                  "WHERE name = ? AND status IN ('ready', 'training')", (name,)).fetchone()[0]
+            con.execute(
+                "DELETE FROM ml_training_progress WHERE run_id IN (SELECT run_id FROM ml_model_versions "
+                "WHERE name = ? ORDER BY created_us DESC, rowid DESC LIMIT -1 OFFSET ?)", (name, PROGRESS_RUNS_KEPT - 1))
             con.execute(
                 "INSERT INTO ml_model_versions (run_id, name, version, class_name, status, options, "
                 "base_model, input_query, fit_from, created_us, updated_us) "
@@ -232,6 +263,20 @@ class ModelRegistry:
             con.execute("INSERT OR REPLACE INTO ml_training_progress VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         (run_id, int(step), float(epoch), float(loss), float(learning_rate),
                          float(audio_seconds), float(elapsed), _now_us()))
+
+    def progress_rows(self, run_id: str) -> int:
+        with self._connect() as con:
+            return con.execute("SELECT COUNT(*) FROM ml_training_progress WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+    def thin_progress(self, run_id: str, stride: int) -> int:
+        """Keep only the progress rows of ``run_id`` whose step is a multiple of ``stride``
+        (and its latest row); returns how many remain."""
+        with self._write() as con:
+            con.execute("DELETE FROM ml_training_progress WHERE run_id = ? AND step % ? != 0 AND step < "
+                        "(SELECT MAX(step) FROM ml_training_progress WHERE run_id = ?)",
+                        (run_id, int(stride), run_id))
+            return con.execute("SELECT COUNT(*) FROM ml_training_progress WHERE run_id = ?",
+                               (run_id,)).fetchone()[0]
 
     def set_worker_pid(self, run_id: str, pid: int | None) -> None:
         """Remember which process trains ``run_id`` (for operators and tests)."""
@@ -320,6 +365,11 @@ class ModelRegistry:
             return con.execute("SELECT 1 FROM ml_model_versions WHERE name = ? AND status = 'ready' LIMIT 1",
                                (name,)).fetchone() is not None
 
+    def known(self, name: str) -> bool:
+        """True when ``name`` has any version, whatever its status (what DELETE MODEL removes)."""
+        with self._connect() as con:
+            return con.execute("SELECT 1 FROM ml_model_versions WHERE name = ? LIMIT 1", (name,)).fetchone() is not None
+
     def class_of(self, name: str) -> str:
         """The class of the latest ready version (ModelNotFound otherwise)."""
         return self._latest_ready(name)["class_name"]
@@ -330,6 +380,15 @@ class ModelRegistry:
                 row = con.execute("SELECT * FROM ml_model_versions WHERE name = ? AND status = 'ready' "
                                   "ORDER BY version DESC LIMIT 1", (name,)).fetchone()
                 if row is None:
+                    last = con.execute("SELECT version, status, error FROM ml_model_versions WHERE name = ? "
+                                       "ORDER BY created_us DESC LIMIT 1", (name,)).fetchone()
+                    if last is not None and last["status"] == "training":
+                        raise ModelBusy(f"model {name!r} is still being trained (version {last['version']}) "
+                                        "and has no ready version yet; wait for its BUILD to finish")
+                    if last is not None:
+                        raise self._not_found(con, name, f"model {name!r} has no ready version: its last run "
+                                              f"was {last['status']} ({last['error'] or 'no message'}); "
+                                              f"BUILD it again or DELETE MODEL {name}")
                     raise self._not_found(con, name)
                 return row
             row = con.execute("SELECT * FROM ml_model_versions WHERE name = ? AND version = ?",
@@ -399,16 +458,19 @@ class ModelRegistry:
         })
 
     def training_info_table(self) -> pa.Table:
-        """``thanosql.training_info``: one row per optimizer step of every run."""
+        """``thanosql.training_info``: one row per recorded optimizer step of the last
+        PROGRESS_RUNS_KEPT runs of each model (thinned past PROGRESS_ROWS_PER_RUN per run)."""
         with self._connect() as con:
             rows = con.execute(
                 "SELECT v.name, v.version, p.step, p.epoch, p.loss, p.learning_rate, p.audio_seconds, "
-                "p.elapsed_seconds, p.recorded_us FROM ml_training_progress p "
-                "JOIN ml_model_versions v ON v.run_id = p.run_id ORDER BY v.name, v.version, p.step").fetchall()
+                "p.elapsed_seconds, p.recorded_us, v.status, v.run_id FROM ml_training_progress p "
+                "JOIN ml_model_versions v ON v.run_id = p.run_id "
+                "ORDER BY v.name, v.version, v.created_us, p.step").fetchall()
+        # status and run_id tell runs apart: a failed run keeps the version number it tried for.
         names = ["model", "version", "step", "epoch", "loss", "learning_rate", "audio_seconds",
-                 "elapsed_seconds", "recorded_utc"]
+                 "elapsed_seconds", "recorded_utc", "status", "run_id"]
         types = [pa.string(), pa.int64(), pa.int64(), pa.float64(), pa.float64(), pa.float64(),
-                 pa.float64(), pa.float64(), _TS]
+                 pa.float64(), pa.float64(), _TS, pa.string(), pa.string()]
         return pa.table({n: pa.array([r[i] for r in rows], t) for i, (n, t) in enumerate(zip(names, types))})
 
     def describe(self, name: str) -> pa.Table:
@@ -438,6 +500,33 @@ class ModelRegistry:
         ]
         return pa.table({"property": pa.array([p for p, _ in props], pa.string()),
                          "value": pa.array([v for _, v in props], pa.string())})
+
+
+def _migrate(con) -> None:
+    """Catalogs made before failed runs stopped using up version numbers declare
+    ``UNIQUE (name, version)`` on every row; rebuild that table without it (the partial
+    index in _SCHEMA keeps live versions unique).  Progress rows are kept."""
+    row = con.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'ml_model_versions'").fetchone()
+    if row is None or "UNIQUE (name, version)" not in row[0]:
+        return
+    con.execute("PRAGMA foreign_keys=OFF")  # or dropping the old table cascades to progress
+    try:
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            # SQLite's recipe: create the new table, copy, drop the old, rename the new (a
+            # rename of the old one would re-point ml_training_progress's foreign key).
+            table_sql = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS ml_model_versions"):
+                                _SCHEMA.index("CREATE UNIQUE INDEX")]
+            con.execute(table_sql.replace("IF NOT EXISTS ml_model_versions", "ml_model_versions_new"))
+            con.execute("INSERT INTO ml_model_versions_new SELECT * FROM ml_model_versions")
+            con.execute("DROP TABLE ml_model_versions")
+            con.execute("ALTER TABLE ml_model_versions_new RENAME TO ml_model_versions")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+    finally:
+        con.execute("PRAGMA foreign_keys=ON")
 
 
 def _fsync_dir(path: str) -> None:

@@ -11,6 +11,7 @@ server disappears.  The parent waits, polling its cancel event, and publishes th
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import signal
@@ -20,7 +21,9 @@ import traceback
 
 from . import errors as _errors
 from .errors import MLError, TrainingCancelled, TrainingFailed
-from .registry import ModelRegistry, RunInfo
+from .registry import PROGRESS_ROWS_PER_RUN, ModelRegistry, RunInfo
+
+log = logging.getLogger("thanosql.ml")
 
 #: Seconds a terminated child gets to exit before it is killed.
 TERMINATE_GRACE_S = 5.0
@@ -37,6 +40,33 @@ def _watch_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+class _ProgressRecorder:
+    """Records every optimizer step until a run has PROGRESS_ROWS_PER_RUN rows, then thins
+    them to every 2nd step and records only those, then every 4th, ...: the history of a
+    long run stays bounded and evenly spaced, and the latest step is always there."""
+
+    def __init__(self, registry: ModelRegistry, run_id: str):
+        self.registry, self.run_id = registry, run_id
+        self.stride, self.rows, self.last, self.recorded = 1, 0, None, True
+
+    def __call__(self, step, epoch, loss, lr, audio_seconds, elapsed):
+        self.last, self.recorded = (step, epoch, loss, lr, audio_seconds, elapsed), False
+        if step % self.stride:
+            return
+        self.registry.record_progress(self.run_id, *self.last)
+        self.recorded = True
+        self.rows += 1
+        if self.rows >= PROGRESS_ROWS_PER_RUN:
+            self.stride *= 2
+            self.rows = self.registry.thin_progress(self.run_id, self.stride)
+
+    def close(self):
+        """Record the final step if the stride skipped it."""
+        if not self.recorded and self.last is not None:
+            self.registry.record_progress(self.run_id, *self.last)
+            self.recorded = True
+
+
 def _child_main(data_dir, run_id, base, rows, options, out_dir, conn, parent_pid):
     """Entry point of the training process: train, report ('ok', summary) or the error."""
     _watch_parent(parent_pid)
@@ -48,11 +78,9 @@ def _child_main(data_dir, run_id, base, rows, options, out_dir, conn, parent_pid
         from .wav2vec2 import train
 
         registry = ModelRegistry(data_dir)
-
-        def progress(step, epoch, loss, lr, audio_seconds, elapsed):
-            registry.record_progress(run_id, step, epoch, loss, lr, audio_seconds, elapsed)
-
-        summary = train(base, rows, options, progress, None, out_dir)
+        recorder = _ProgressRecorder(registry, run_id)
+        summary = train(base, rows, options, recorder, None, out_dir)
+        recorder.close()
         conn.send(("ok", summary))
     except BaseException as exc:  # reported to the parent, which decides what to raise
         conn.send(("error", type(exc).__module__, type(exc).__name__, str(exc),
@@ -68,7 +96,8 @@ def _rebuild_error(module, name, message, path, row) -> MLError:
         if cls is _errors.AudioError:
             return cls(message, path=path, row=row)
         return cls(message)
-    return TrainingFailed(f"training failed: {name}: {message}")
+    # The exception's class name means nothing to a SQL user (the traceback goes to the log).
+    return TrainingFailed(f"training failed: {message or name}")
 
 
 def _describe_exit(code: int | None) -> str:
@@ -154,8 +183,11 @@ def run_training(registry: ModelRegistry, run: RunInfo, rows, options: dict,
     if result is not None:
         _, module, name, message, path, row, tb = result
         error = _rebuild_error(module, name, message, path, row)
-        registry.fail_run(run.run_id, str(error) if isinstance(error, TrainingFailed) else f"{name}: {message}")
+        registry.fail_run(run.run_id, str(error))
         error.worker_traceback = tb
+        if not isinstance(error, (_errors.AudioError, _errors.BadOptions, _errors.Cancelled)):
+            log.error("training of model %r (version %s) failed in the worker process:\n%s",
+                      run.name, run.version, tb)
         raise error
     message = (f"training worker process for model {run.name!r} (version {run.version}) "
                f"{_describe_exit(proc.exitcode)} before finishing; nothing was saved")

@@ -1,16 +1,21 @@
 """The `thanosql` schema: live views of the model registry that SQL can query.
 
-A Python SchemaProvider answers each lookup with a fresh snapshot, so
-`SELECT * FROM thanosql.training_info` shows progress while a model trains.
+A Python SchemaProvider answers each lookup with a snapshot of the registry, so
+`SELECT * FROM thanosql.training_info` shows progress while a model trains.  A snapshot is
+rebuilt only when the catalog changed since the last one (SQLite's `data_version`), so
+repeated lookups between training steps cost one cheap pragma.  Snapshots are in-memory
+tables (a MemTable, which plans under a sort even with no rows, unlike an empty pyarrow
+dataset): nothing is written to disk.  How much `training_info` holds is bounded by the
+registry (see ml/registry.py: the last runs of each model, thinned past a cap).
+
+Looking these tables up imports `ml.registry` only: no audio libraries, no torch.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
+import threading
 
-import pyarrow.dataset as ds
-import pyarrow.parquet as pq
+from datafusion import SessionContext
 from datafusion.catalog import SchemaProvider, Table
 
 SYSTEM_TABLES = {
@@ -19,10 +24,35 @@ SYSTEM_TABLES = {
 }
 
 
+def _as_table(snapshot) -> Table:
+    """The snapshot as a DataFusion MemTable.
+
+    Made on a helper thread: lookups arrive on one of DataFusion's runtime threads, where
+    building a DataFrame would start a runtime inside a runtime (a panic).  A fresh context
+    per snapshot, because from_arrow registers a table in the context it runs in: a
+    long-lived one would keep every snapshot alive.  The view keeps only its MemTable.
+    """
+    box: list = []
+
+    def build() -> None:
+        try:
+            box.append(SessionContext().from_arrow(snapshot).into_view())
+        except BaseException as exc:  # handed to the caller
+            box.append(exc)
+
+    thread = threading.Thread(target=build, name="thanosql-system-snapshot")
+    thread.start()
+    thread.join()
+    if isinstance(box[0], BaseException):
+        raise box[0]
+    return box[0]
+
+
 class RegistrySchema(SchemaProvider):
     def __init__(self, engine):
         self.engine = engine
-        self._empty_dir = tempfile.mkdtemp(prefix="thanosql-system-")
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[int, Table]] = {}
 
     def table_names(self) -> set[str]:
         return set(SYSTEM_TABLES)
@@ -31,18 +61,16 @@ class RegistrySchema(SchemaProvider):
         producer = SYSTEM_TABLES.get(name)
         if producer is None:
             return None
-        snapshot = producer(self.engine.registry)
-        if snapshot.num_rows == 0:
-            # An in-memory dataset of no rows has no fragments, which DataFusion cannot
-            # plan under a sort (SanityCheckPlan); an empty Parquet file is one fragment.
-            return Table(ds.dataset(self._empty_file(name, snapshot.schema)))
-        return Table(ds.dataset(snapshot))
-
-    def _empty_file(self, name: str, schema) -> str:
-        path = os.path.join(self._empty_dir, f"{name}.parquet")
-        if not os.path.exists(path):
-            pq.write_table(schema.empty_table(), path)
-        return path
+        registry = self.engine.registry
+        version = registry.data_version()
+        with self._lock:
+            cached = self._cache.get(name)
+            if cached is not None and cached[0] == version:
+                return cached[1]
+        table = _as_table(producer(registry))
+        with self._lock:
+            self._cache[name] = (version, table)
+        return table
 
     def table_exist(self, name: str) -> bool:
         return name in SYSTEM_TABLES

@@ -33,9 +33,9 @@ def test_lifecycle(tmp_path):
     run = reg.create_run("asr", "Wav2Vec2En", {"epochs": 1}, "/base", "SELECT * FROM t")
     assert (run.name, run.version, run.base) == ("asr", 1, "/base") and os.path.isdir(run.staging_dir)
     assert not reg.exists("asr")  # training: not visible yet
-    with pytest.raises(ModelNotFound):
+    with pytest.raises(ModelBusy, match="still being trained"):  # FAILED_PRECONDITION, not NOT_FOUND
         reg.model_dir("asr")
-    with pytest.raises(ModelExists, match="being trained"):
+    with pytest.raises(ModelBusy, match="being trained"):
         reg.create_run("asr", "Wav2Vec2En", {}, "/base", "q")
     with pytest.raises(ModelBusy):
         reg.delete("asr")
@@ -45,7 +45,7 @@ def test_lifecycle(tmp_path):
     info = reg.training_info_table()
     assert info.num_rows == 2 and info.column("model").to_pylist() == ["asr", "asr"]
     assert info.column_names == ["model", "version", "step", "epoch", "loss", "learning_rate",
-                                 "audio_seconds", "elapsed_seconds", "recorded_utc"]
+                                 "audio_seconds", "elapsed_seconds", "recorded_utc", "status", "run_id"]
     final = reg.finish_run(run.run_id, {"final_loss": 2.0})
     assert final == str(tmp_path / "models" / "asr" / "v1") and reg.model_dir("asr") == final
     assert os.listdir(final) == ["model.safetensors"] and not os.path.exists(run.staging_dir)
@@ -110,7 +110,7 @@ def test_cancelled_run_leaves_nothing_and_name_stays_free(tmp_path):
     assert reg.models_table().column("status").to_pylist() == ["cancelled"]
     assert not os.path.exists(tmp_path / "models" / "m")
     again = reg.create_run("m", "Wav2Vec2En", {}, "/base", "q")  # no overwrite needed
-    assert again.version == 2
+    assert again.version == 1  # a cancelled run does not use up its version number
 
 
 def test_recover_after_a_crash(tmp_path):
