@@ -46,7 +46,10 @@ class AudioError(MLError):
 
 
 class AudioTooLong(AudioError):
-    """An audio file is longer than a limit (max_duration); the message names the option."""
+    """An audio file is longer than a limit (max_duration); the message names the option.
+
+    Kept apart from AudioError so callers can tell a limit from a broken file (BUILD's
+    too_long='skip' skips only these)."""
 
 
 class CheckpointUnavailable(MLError):

@@ -40,6 +40,7 @@ class Option:
     maximum: float | None = None
     min_exclusive: bool = False
     nullable: bool = False  # None (SQL NULL) allowed: means "no limit" / the default
+    choices: tuple[str, ...] = ()  # for 'str' options: the accepted values (case-insensitive)
 
     def default_value(self):
         return self.default() if callable(self.default) else self.default
@@ -72,6 +73,11 @@ class Option:
             value = ("auto" if value else "no") if isinstance(value, bool) else value.lower()
         if self.kind == "str" and not value.strip():
             raise BadOptions(f"option '{self.name}'{where} must not be empty")
+        if self.choices:
+            if value.strip().lower() not in self.choices:
+                raise BadOptions(f"option '{self.name}'{where} must be one of "
+                                 + ", ".join(repr(c) for c in self.choices) + f", got {value!r}")
+            value = value.strip().lower()
         if self.minimum is not None and (value < self.minimum or (self.min_exclusive and value == self.minimum)):
             op = ">" if self.min_exclusive else ">="
             raise BadOptions(f"option '{self.name}'{where} must be {op} {self.minimum}, got {value!r}")
@@ -104,21 +110,42 @@ _TRAIN = (
     _o("freeze_feature_encoder", "bool", True, "keep the convolutional feature encoder fixed"),
     _o("max_steps", "int", None, "stop after this many optimizer steps (NULL = no limit)",
        minimum=1, nullable=True),
+    _o("max_duration", "float", 30.0,
+       "longest utterance to train on, in seconds (NULL = no limit); longer ones are refused "
+       "or, with too_long='skip', left out", minimum=0.0, min_exclusive=True, nullable=True),
+    _o("too_long", "str", "error",
+       "what to do with an utterance over max_duration: 'error' (fail, naming the row and file) "
+       "or 'skip' (leave it out; the result's skipped_rows counts them)", choices=("error", "skip")),
 )
 _BUILD = _TRAIN + (
     _o("base_model", "str", default_base_model,
        "checkpoint to fine-tune: a local folder or a Hugging Face hub id "
        "(default: env THANOSQL_BASE_MODEL or facebook/wav2vec2-base-960h)"),
 )
+#: Longest file PREDICT / EVALUATE accept by default (4 hours): long files are transcribed in
+#: chunks in bounded memory, but a limit keeps one statement from running for days.
+MAX_INFERENCE_SECONDS = 4 * 3600.0
+_INFER_MAX_DURATION = _o("max_duration", "float", MAX_INFERENCE_SECONDS,
+                         "longest audio file accepted, in seconds (default 4 hours; NULL = no limit); "
+                         "files over 30 s are transcribed in 25 s chunks", minimum=0.0, min_exclusive=True,
+                         nullable=True)
 _PREDICT = (
     _AUDIO_COL,
     _o("batch_size", "int", 8, "utterances per forward pass", minimum=1),
     _o("result_col", "str", "predict_result", "name of the transcript column added to the input"),
+    _INFER_MAX_DURATION,
+    _o("on_error", "str", "fail",
+       "a row whose audio cannot be transcribed (missing, unreadable, too short or too long): "
+       "'fail' the statement naming the row and file, or 'null' (its transcript is NULL and "
+       "error_col says why)", choices=("fail", "null")),
+    _o("error_col", "str", "predict_error",
+       "with on_error='null': name of the added column holding each row's error (NULL when fine)"),
 )
 _EVALUATE = (
     _AUDIO_COL,
     _TEXT_COL,
     _o("batch_size", "int", 8, "utterances per forward pass", minimum=1),
+    _INFER_MAX_DURATION,
 )
 
 

@@ -16,6 +16,7 @@ decoding with compute, and respects how the model was trained to see padding:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -28,8 +29,8 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, audio_info, load_audio
-from .errors import Cancelled, MLError, TrainingCancelled, TrainingFailed
+from .audio import SAMPLE_RATE, audio_info, check_duration, load_audio, samples_16k, stream_audio
+from .errors import AudioError, AudioTooLong, Cancelled, MLError, TrainingCancelled, TrainingFailed
 from .text import charset_of, normalize
 
 # libgomp threads spin while they wait at a barrier; when the CPUs are shared (a training
@@ -44,6 +45,9 @@ _FORWARD_LOCK = threading.Lock()
 
 CLASS_NAME = "Wav2Vec2En"
 SUMMARY_FILE = "thanosql_training.json"
+
+#: Shortest input a standard wav2vec2 feature encoder turns into one frame (its receptive field).
+MIN_SAMPLES = 400
 
 ProgressCallback = Callable[[int, float, float, float, float, float], None]
 
@@ -208,15 +212,100 @@ def _pick_device(device=None):
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _lengths_16k(paths: Sequence[str], indices: Iterable[int], row_offset: int) -> dict[int, int]:
-    lengths = {}
-    for i in indices:
-        frames, rate = audio_info(paths[i], row_offset + i)
-        lengths[i] = max(1, round(frames * SAMPLE_RATE / rate))
-    return lengths
+def screen_training_rows(paths: Sequence[str], rows: Sequence[int] | None = None, *,
+                         max_seconds: float | None = 30.0, skip_long: bool = False,
+                         min_samples: int = MIN_SAMPLES) -> tuple[list[int], dict[int, int], list[int]]:
+    """Check every training file from its header before any training starts.
+
+    Returns (kept indices, their 16 kHz lengths, skipped indices).  A missing, unreadable,
+    empty or too short file raises AudioError naming the row (``rows[i]``, default ``i``) and
+    the path; one longer than ``max_seconds`` raises AudioTooLong, or is skipped when
+    ``skip_long``.
+    """
+    kept, lengths, skipped = [], {}, []
+    how = " (OPTIONS max_duration; or too_long='skip' to leave such rows out)"
+    for i, path in enumerate(paths):
+        row = rows[i] if rows is not None else i
+        frames, rate = audio_info(path, row)
+        try:
+            check_duration(path, row, frames, rate, min_samples=min_samples, max_seconds=max_seconds, what=how)
+        except AudioTooLong:
+            if not skip_long:
+                raise
+            skipped.append(i)
+            continue
+        kept.append(i)
+        lengths[i] = samples_16k(frames, rate)
+    return kept, lengths, skipped
 
 
 # ----------------------------------------------------------------------------- inference
+
+#: Files up to this long (16 kHz samples) are transcribed whole, in length-sorted batches.
+LONG_AUDIO_SAMPLES = 30 * SAMPLE_RATE
+#: Longer files are read as a stream and cut into chunks of this many samples, each seen
+#: with ``CHUNK_CONTEXT_SAMPLES`` of the audio on either side (the frames computed from the
+#: context are dropped, so words cut at a chunk edge are still heard whole): windows of 30 s,
+#: memory independent of the file's length.  Both are multiples of wav2vec2's 320-sample frame.
+CHUNK_SAMPLES = 25 * SAMPLE_RATE
+CHUNK_CONTEXT_SAMPLES = int(2.5 * SAMPLE_RATE)
+
+
+def receptive_field(config) -> int:
+    """Samples the convolutional feature encoder needs to produce one frame."""
+    length = 1
+    for kernel, stride in reversed(list(zip(config.conv_kernel, config.conv_stride))):
+        length = (length - 1) * stride + kernel
+    return int(length)
+
+
+def frame_stride(config) -> int:
+    """Samples between consecutive frames (the product of the conv strides; 320 in wav2vec2)."""
+    return int(math.prod(config.conv_stride))
+
+
+class _StopHooks:
+    """Forward pre-hooks that let a cancel stop a forward pass between layers.
+
+    One batch of long windows through wav2vec2-base takes many seconds on a CPU; checking
+    only between batches would keep the cores busy that long after the client left.  The
+    hooks read a per-thread callback, so one cached model serves several statements.
+    """
+
+    def __init__(self, model):
+        self._local = threading.local()
+        pattern = ("conv_layers.", "layers.")
+        for name, module in model.named_modules():
+            tail = name.rsplit(".", 2)
+            if len(tail) >= 2 and tail[-1].isdigit() and any(name.endswith(p + tail[-1]) for p in pattern):
+                module.register_forward_pre_hook(self._check)
+
+    def _check(self, module, args):
+        should_stop = getattr(self._local, "should_stop", None)
+        if should_stop is not None and should_stop():
+            raise Cancelled("transcription cancelled")
+
+    @contextlib.contextmanager
+    def watching(self, should_stop):
+        previous = getattr(self._local, "should_stop", None)
+        self._local.should_stop = should_stop
+        try:
+            yield
+        finally:
+            self._local.should_stop = previous
+
+
+@contextlib.contextmanager
+def _forward_turn(should_stop):
+    """Take the forward lock, giving up with Cancelled if the statement is cancelled meanwhile."""
+    while not _FORWARD_LOCK.acquire(timeout=0.2):
+        if should_stop is not None and should_stop():
+            raise Cancelled("transcription cancelled")
+    try:
+        yield
+    finally:
+        _FORWARD_LOCK.release()
+
 
 class Transcriber:
     """A loaded model ready for batched greedy-CTC transcription (thread-safe for reads)."""
@@ -240,55 +329,190 @@ class Transcriber:
         self.tokenizer = self.processor.tokenizer
         self.uses_attention_mask = bool(getattr(self.feature_extractor, "return_attention_mask", False))
         self.bucket_tolerance = bucket_tolerance
+        self.min_samples = receptive_field(model.config)
+        self.frame_stride = frame_stride(model.config)
+        self._hooks = _StopHooks(self.model)
         self._torch = torch
 
-    def _forward(self, arrays: Sequence[np.ndarray]) -> list[str]:
+    def _ids(self, arrays: Sequence[np.ndarray], should_stop=None) -> list[np.ndarray]:
+        """Per array, the argmax token id of each of its own frames (padding frames cut off)."""
         torch = self._torch
         values, mask, lengths = collate(arrays, self.feature_extractor, self.device)
-        with _FORWARD_LOCK, torch.inference_mode():
+        with _forward_turn(should_stop), self._hooks.watching(should_stop), torch.inference_mode():
             logits = self.model(values, attention_mask=mask if self.uses_attention_mask else None).logits
             frames = self.model._get_feat_extract_output_lengths(torch.tensor(lengths))
-            ids = logits.argmax(dim=-1).cpu()
+            ids = logits.argmax(dim=-1).cpu().numpy()
+        del logits, values, mask
         # Frames computed from padding are garbage whether or not they were masked.
-        return [ctc_greedy_decode(ids[row, :int(frames[row])].tolist(), self.tokenizer)
-                for row in range(len(arrays))]
+        return [ids[row, :int(frames[row])].astype(np.int32) for row in range(len(arrays))]
+
+    def _forward(self, arrays: Sequence[np.ndarray], should_stop=None) -> list[str]:
+        return [ctc_greedy_decode(ids, self.tokenizer) for ids in self._ids(arrays, should_stop)]
 
     def transcribe_arrays(self, arrays: Sequence[np.ndarray]) -> list[str]:
         """Transcribe already-decoded 16 kHz mono arrays as one batch."""
         return self._forward(arrays) if len(arrays) else []
 
     def transcribe(self, paths: Sequence[str | None], batch_size: int, row_offset: int = 0,
-                   should_stop: Callable[[], bool] | None = None, stats: dict | None = None) -> list[str | None]:
+                   should_stop: Callable[[], bool] | None = None, stats: dict | None = None,
+                   max_seconds: float | None = None, errors: list | None = None) -> list[str | None]:
         """Transcripts of ``paths`` in input order (None for a None path).
 
-        Rows are batched longest first (see the module docstring for how padding is kept
-        harmless).  AudioError names the path and row ``row_offset + index``; ``should_stop``
-        is polled between batches (raises Cancelled).  ``stats``, if given, receives
-        audio_seconds, seconds and batches.
+        Files up to 30 s are batched longest first (see the module docstring for how padding
+        is kept harmless); longer ones are streamed and transcribed chunk by chunk
+        (``transcribe_long``), in memory independent of their length.  A file longer than
+        ``max_seconds`` or too short for the model is refused before any work.
+
+        AudioError names the path and row ``row_offset + index``.  With ``errors`` (a list
+        as long as ``paths``) a row's AudioError does not stop the others: its message goes
+        to ``errors[i]`` and its transcript stays None.  ``should_stop`` is polled between
+        batches, chunks and model layers (raises Cancelled).  ``stats``, if given, receives
+        audio_seconds, seconds, batches and utterances.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if errors is not None and len(errors) != len(paths):
+            raise ValueError("errors must be as long as paths")
         started = time.monotonic()
         results: list[str | None] = [None] * len(paths)
-        present = [i for i, p in enumerate(paths) if p is not None]
-        lengths = _lengths_16k(paths, present, row_offset)
-        keys = present
-        plan = inference_batches([lengths[i] for i in keys], batch_size,
+
+        def failed(i: int, exc: AudioError) -> None:
+            if errors is None:
+                raise exc
+            errors[i] = str(exc)
+
+        lengths: dict[int, int] = {}
+        for i, path in enumerate(paths):
+            if path is None:
+                continue
+            try:
+                frames, rate = audio_info(path, row_offset + i)
+                check_duration(path, row_offset + i, frames, rate, min_samples=self.min_samples,
+                               max_seconds=max_seconds, what=" (OPTIONS max_duration)")
+                lengths[i] = samples_16k(frames, rate)
+            except AudioError as exc:
+                failed(i, exc)
+        short = [i for i in lengths if lengths[i] <= LONG_AUDIO_SAMPLES]
+        long = [i for i in lengths if lengths[i] > LONG_AUDIO_SAMPLES]
+        plan = inference_batches([lengths[i] for i in short], batch_size,
                                  None if self.uses_attention_mask else self.bucket_tolerance)
-        batches = [[keys[j] for j in batch] for batch in plan]
+        batches = [[short[j] for j in batch] for batch in plan]
+
+        def load(i: int):
+            try:
+                return load_audio(paths[i], row_offset + i)
+            except AudioError as exc:
+                if errors is None:
+                    raise
+                return exc
+
         audio_total = 0
         done = 0
-        for batch, arrays in prefetched(batches, lambda i: load_audio(paths[i], row_offset + i)):
+        for batch, arrays in prefetched(batches, load):
             if should_stop is not None and should_stop():
                 raise Cancelled("transcription cancelled")
-            for i, text in zip(batch, self._forward(arrays)):
-                results[i] = text
-            audio_total += sum(len(a) for a in arrays)
+            good = [(i, a) for i, a in zip(batch, arrays) if not isinstance(a, AudioError)]
+            for i, a in zip(batch, arrays):
+                if isinstance(a, AudioError):
+                    failed(i, a)
+            if good:
+                texts = self._forward([a for _, a in good], should_stop)
+                for (i, _), text in zip(good, texts):
+                    results[i] = text
+                audio_total += sum(len(a) for _, a in good)
             done += 1
+        for i in long:
+            if should_stop is not None and should_stop():
+                raise Cancelled("transcription cancelled")
+            part: dict = {}
+            try:
+                results[i] = self.transcribe_long(paths[i], batch_size, row_offset + i, should_stop, part)
+            except AudioError as exc:
+                failed(i, exc)
+            audio_total += part.get("samples", 0)
+            done += part.get("batches", 0)
         if stats is not None:
             stats.update(audio_seconds=audio_total / SAMPLE_RATE, seconds=time.monotonic() - started,
-                         batches=done, utterances=len(present))
+                         batches=done, utterances=len(lengths))
         return results
+
+    def transcribe_long(self, path: str, batch_size: int, row: int | None = None,
+                        should_stop: Callable[[], bool] | None = None, stats: dict | None = None) -> str:
+        """Transcribe one file of any length in bounded memory.
+
+        The file is decoded and resampled block by block (``stream_audio``) and cut into
+        windows of ``CHUNK_SAMPLES`` plus ``CHUNK_CONTEXT_SAMPLES`` on either side; on a GPU up
+        to ``batch_size`` windows of equal length share a forward pass (on a CPU one); each window keeps the
+        frame ids of its own chunk, and the ids of all chunks are CTC-decoded as one sequence
+        (so a word or a repeated letter across a chunk edge is not doubled).  Memory holds a
+        few windows and one int per 20 ms frame, whatever the file's length.
+        """
+        step, ctx, stride = CHUNK_SAMPLES, CHUNK_CONTEXT_SAMPLES, self.frame_stride
+        # On a CPU a batch of 30 s windows is slower than one window at a time (measured: 10 min
+        # of audio, tiny model, 2 cores: 23.7 s and +1.5 GB RSS at 8 windows per pass, 16.5 s
+        # and +0.28 GB at 1), so windows share a pass only on an accelerator.
+        per_pass = 1 if self.device.type == "cpu" else batch_size
+        ids_parts: list[np.ndarray] = []
+        pending: list[tuple[np.ndarray, int, int | None]] = []
+        counters = {"samples": 0, "batches": 0}
+
+        def flush() -> None:
+            if not pending:
+                return
+            if should_stop is not None and should_stop():
+                raise Cancelled("transcription cancelled")
+            for (_, first, last), ids in zip(pending, self._ids([w for w, _, _ in pending], should_stop)):
+                ids_parts.append(ids[first:last])
+            counters["batches"] += 1
+            pending.clear()
+
+        blocks = stream_audio(path, row)
+        buf = np.zeros(0, np.float32)
+        buf_start = 0  # absolute index (16 kHz samples) of buf[0]
+        eof = False
+        k = 0
+        try:
+            while True:
+                chunk_start = k * step
+                window_start = max(0, chunk_start - ctx)
+                window_end = chunk_start + step + ctx
+                while not eof and buf_start + len(buf) < window_end:
+                    try:
+                        block = next(blocks)
+                    except StopIteration:
+                        eof = True
+                        break
+                    counters["samples"] += len(block)
+                    buf = np.concatenate([buf, block])
+                    if should_stop is not None and should_stop():
+                        raise Cancelled("transcription cancelled")
+                end = buf_start + len(buf)
+                if chunk_start >= end:
+                    break
+                window = buf[window_start - buf_start:min(window_end, end) - buf_start].copy()
+                final = eof and window_end >= end
+                first = (chunk_start - window_start) // stride
+                last = None if final else (chunk_start + step - window_start) // stride
+                if len(window) < self.min_samples:  # a sliver at the very end: nothing to hear
+                    break
+                if pending and len(window) != len(pending[0][0]):
+                    flush()  # equal lengths only: no padding, exact for mask-less models too
+                pending.append((window, first, last))
+                if len(pending) >= per_pass:
+                    flush()
+                next_start = max(0, (k + 1) * step - ctx)
+                buf = buf[next_start - buf_start:]
+                buf_start = next_start
+                k += 1
+                if final:
+                    break
+            flush()
+        finally:
+            blocks.close()
+        if stats is not None:
+            stats.update(counters)
+        ids = np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32)
+        return ctc_greedy_decode(ids, self.tokenizer)
 
 
 # ----------------------------------------------------------------------------- training
@@ -322,29 +546,44 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
     every optimizer step (epoch is fractional, audio_seconds cumulative).  ``should_stop`` is
     polled before every step (raises TrainingCancelled).  Returns a summary dict.
     """
-    import torch
-    from transformers import get_linear_schedule_with_warmup
-
-    from .checkpoints import load_base
+    from .checkpoints import load_base, locate
     from .options import validate
 
     if out_dir is None:
         raise ValueError("out_dir is required")
     opts = validate(CLASS_NAME, "build", {k: v for k, v in options.items()})
     started = time.monotonic()
-    rows = list(rows)
-    if not rows:
+    given = [tuple(r) for r in rows]
+    if not given:
         raise TrainingFailed("no training rows: the query returned nothing")
-    for i, (_, text) in enumerate(rows):
+    numbers = [r[2] if len(r) > 2 else i for i, r in enumerate(given)]  # the query's row numbers
+    for (_, text, *_), row in zip(given, numbers):
         if text is None:
-            raise TrainingFailed(f"row {i}: the transcript ({opts['text_col']}) is NULL")
+            raise TrainingFailed(f"row {row}: the transcript ({opts['text_col']}) is NULL")
+    kept, all_lengths, too_long = screen_training_rows(
+        [r[0] for r in given], numbers, max_seconds=opts["max_duration"],
+        skip_long=opts["too_long"] == "skip")  # AudioError names path and row
+    if not kept:
+        raise AudioTooLong(f"all {len(given)} training rows are longer than max_duration="
+                           f"{opts['max_duration']:g} s; nothing to train on")
+    rows = [(given[i][0], given[i][1]) for i in kept]
+    row_of = [numbers[i] for i in kept]
     paths = [p for p, _ in rows]
-    lengths = _lengths_16k(paths, range(len(rows)), 0)  # AudioError names path and row
+    lengths = {j: all_lengths[i] for j, i in enumerate(kept)}
     seconds = [lengths[i] / SAMPLE_RATE for i in range(len(rows))]
+    locate(base_dir_or_id)  # a missing checkpoint fails here, before torch is even imported
+
+    import torch
+    from transformers import get_linear_schedule_with_warmup
 
     _seed_everything(opts["seed"])
     _configure_threads()
     model, processor = load_base(base_dir_or_id, ctc_loss_reduction="mean", ctc_zero_infinity=True)
+    needed = receptive_field(model.config)
+    for j, n in lengths.items():
+        if n < needed:
+            raise AudioError(f"audio file '{paths[j]}' (row {row_of[j]}): too short: {n} samples at 16 kHz; "
+                             f"the model needs at least {needed}", path=paths[j], row=row_of[j])
     tokenizer, extractor = processor.tokenizer, processor.feature_extractor
     if len(tokenizer.get_vocab()) > model.config.vocab_size:
         raise TrainingFailed(f"the tokenizer of {base_dir_or_id!r} has {len(tokenizer.get_vocab())} "
@@ -391,7 +630,7 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
             break
         epoch_losses = []
         batches = training_batches(seconds, batch_size, rng)
-        for b_index, (batch, arrays) in enumerate(prefetched(batches, lambda i: load_audio(paths[i], i))):
+        for b_index, (batch, arrays) in enumerate(prefetched(batches, lambda i: load_audio(paths[i], row_of[i]))):
             if step >= total_steps:
                 break
             if should_stop is not None and should_stop():
@@ -447,6 +686,7 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
         "steps": step,
         "epochs": round(epoch_pos, 4),
         "utterances": len(rows),
+        "skipped_rows": len(too_long),
         "train_audio_seconds": round(sum(seconds), 3),
         "audio_seconds": round(audio_done, 3),
         "seconds": round(time.monotonic() - started, 3),

@@ -9,23 +9,27 @@ that plan's batches into ml/.
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 import pyarrow as pa
 
 from planner import statements as st
-from planner.errors import AlreadyExists, Cancelled, Internal, InvalidInput, NotFound
+from planner.errors import (AlreadyExists, Cancelled, FailedPrecondition, Internal, InvalidInput, NotFound,
+                            PlannerError, ResourceExhausted)
 from planner.plans import CancelToken, Plan, param_rows, parameter_schema_of
 from planner.sql_plans import READ_ONLY, CopyFromPlan, StaticRows, stream_dataframe, update_plan
 from planner.storage import utf8_schema
+
+log = logging.getLogger("thanosql.ml")
 
 PREDICT_CHUNK_ROWS = 256  # rows per output batch: results stream while the rest is transcribed
 
 TRAIN_RESULT_SCHEMA = pa.schema([
     ("model", pa.string()), ("version", pa.int64()), ("status", pa.string()),
     ("epochs", pa.float64()), ("steps", pa.int64()), ("train_loss", pa.float64()),
-    ("audio_seconds", pa.float64()), ("seconds", pa.float64()),
+    ("audio_seconds", pa.float64()), ("seconds", pa.float64()), ("skipped_rows", pa.int64()),
 ])
 METRICS_SCHEMA = pa.schema([pa.field("metric", pa.string(), nullable=False),
                             pa.field("score", pa.float64())])
@@ -33,22 +37,40 @@ METRICS_SCHEMA = pa.schema([pa.field("metric", pa.string(), nullable=False),
 
 @contextlib.contextmanager
 def ml_errors():
-    """ml/ raises its own errors (it knows no SQL); give them the planner's meaning."""
+    """ml/ raises its own errors (it knows no SQL); give them the planner's meaning.
+
+    A model still training is FAILED_PRECONDITION (wait or cancel; it travels as
+    UNAVAILABLE, which rightly invites a later retry).  A bad file or option, and audio over
+    a length limit, are INVALID_ARGUMENT: the same request can never succeed, so nothing
+    should retry it (as with the statement limits).  Anything else that
+    escapes ml/ (a bug, a torch failure) is logged with its traceback and reaches the
+    client as INTERNAL with its message only, never a Python exception name.
+    """
     from ml import errors as ml
     try:
         yield
+    except PlannerError:
+        raise
     except ml.ModelNotFound as exc:
         raise NotFound(str(exc)) from None
-    except (ml.ModelExists, ml.ModelBusy) as exc:
+    except ml.ModelBusy as exc:
+        raise FailedPrecondition(str(exc)) from None
+    except ml.ModelExists as exc:
         raise AlreadyExists(str(exc)) from None
     except ml.CheckpointUnavailable as exc:
         raise NotFound(str(exc)) from None
-    except (ml.BadOptions, ml.AudioError) as exc:
+    except (ml.BadOptions, ml.AudioError) as exc:  # AudioTooLong included
         raise InvalidInput(str(exc)) from None
     except ml.Cancelled as exc:
         raise Cancelled(str(exc)) from None
     except ml.MLError as exc:
         raise Internal(str(exc)) from None
+    except MemoryError:
+        raise ResourceExhausted("out of memory; use a smaller batch_size or shorter audio") from None
+    except Exception as exc:  # noqa: BLE001 - translated, and logged with its traceback
+        log.error("unexpected error in an ML statement", exc_info=True)
+        raise Internal(f"the ML statement failed: {str(exc).strip() or 'unexpected error'} "
+                       "(details in the server log)") from None
 
 
 def plan(engine, statement: Any) -> Plan:
@@ -147,7 +169,7 @@ def _audio_paths(engine, values: list[Any], row_offset: int) -> list[str]:
 def _collect_columns(engine, df, columns: list[str], cancel: CancelToken) -> dict[str, list]:
     from datafusion import col
     selected = df.select(*[col(f'"{c}"') for c in columns])
-    table = pa.Table.from_batches(list(stream_dataframe(selected, cancel)))
+    table = stream_dataframe(selected, cancel).read_all()  # typed even when there are no rows
     return {c: table.column(c).to_pylist() for c in columns}
 
 
@@ -176,6 +198,8 @@ class TrainNode(Plan):
             class_name = statement.class_name
             options = ml_options.validate(class_name, "build", statement.options)
             base_model = options.get("base_model")
+            if base_model != ml_options.default_base_model():  # named in SQL (the default is the admin's)
+                base_model = engine.policy.base_model(base_model)  # a folder inside the roots, or a hub id
             if registry.exists(statement.name) and not options.get("overwrite"):
                 raise AlreadyExists(f"model '{statement.name}' already exists; set OPTIONS (overwrite=True) "
                                     "to replace it, or FIT MODEL to train it further")
@@ -198,29 +222,38 @@ class TrainNode(Plan):
             return self._run(engine, params, cancel)
 
     def _run(self, engine, params, cancel: CancelToken):
-            if base_model != ml_options.default_base_model():  # named in SQL (the default is the admin's)
-                base_model = engine.policy.base_model(base_model)  # a folder inside the roots, or a hub id
         from ml import worker
         audio_col, text_col = self.options["audio_col"], self.options["text_col"]
         data = _collect_columns(engine, self.df.dataframe(engine, params), [audio_col, text_col], cancel)
+        if not data[audio_col]:
+            raise InvalidInput("the query after AS returned no rows to train on")
         paths = _audio_paths(engine, data[audio_col], 0)
         texts = data[text_col]
-        if not paths:
-            raise InvalidInput("the query after AS returned no rows to train on")
         for i, text in enumerate(texts):
             if text is None or not str(text).strip():
-                raise InvalidInput(f"row {i}: the transcript in column '{text_col}' is empty")
+                raise InvalidInput(f"row {i}: the transcript in column '{text_col}' is "
+                                   f"{'NULL' if text is None else 'empty'} (audio '{paths[i]}')")
+        # Every file is checked from its header here, before a run is registered or a worker
+        # started: a missing, corrupt, too short or too long file fails fast, naming its row.
+        from ml.wav2vec2 import screen_training_rows
+        kept, _, skipped = screen_training_rows(paths, max_seconds=self.options["max_duration"],
+                                                skip_long=self.options["too_long"] == "skip")
+        if not kept:
+            raise InvalidInput(f"all {len(paths)} rows are longer than max_duration="
+                                    f"{self.options['max_duration']:g} s: nothing to train on")
+        cancel.check()
         fit_from = self.statement.source_model if isinstance(self.statement, st.FitModel) else None
         run = engine.registry.create_run(self.statement.name, self.class_name, self.options,
                                          self.base_model, self.statement.query, fit_from=fit_from,
                                          overwrite=bool(self.options.get("overwrite")))
-        summary = worker.run_training(engine.registry, run, list(zip(paths, texts)), self.options, cancel)
+        rows = [(paths[i], texts[i], i) for i in kept]  # the query's row numbers travel along
+        summary = worker.run_training(engine.registry, run, rows, self.options, cancel)
         engine.forget_transcribers(self.statement.name)
         row = {
             "model": self.statement.name, "version": run.version, "status": "ready",
             "epochs": summary.get("epochs"), "steps": summary.get("steps"),
             "train_loss": summary.get("final_loss"), "audio_seconds": summary.get("audio_seconds"),
-            "seconds": summary.get("seconds"),
+            "seconds": summary.get("seconds"), "skipped_rows": len(skipped),
         }
         table = pa.Table.from_pylist([row], schema=TRAIN_RESULT_SCHEMA)
         return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
@@ -242,7 +275,14 @@ class InferenceNode(Plan):
 
 @dataclass
 class PredictNode(InferenceNode):
-    """Predict: every input column in order, plus the transcript in result_col."""
+    """Predict: every input column in order, plus the transcript in result_col.
+
+    With OPTIONS (on_error='null') a row whose audio cannot be transcribed (missing,
+    unreadable, refused path, too short, too long) does not stop the statement: its
+    transcript is NULL and the added error_col (default predict_error) says why; error_col
+    is NULL on every row that went well.  The default, on_error='fail', stops at the first
+    such row with an error naming the row and the file.
+    """
 
     @classmethod
     def prepare(cls, engine, statement) -> "PredictNode":
@@ -251,11 +291,17 @@ class PredictNode(InferenceNode):
         df = _inner(engine, statement.query)
         schema = df.schema()
         _require_columns(schema, {"audio_col": options["audio_col"]}, "PREDICT")
-        result_col = options["result_col"]
-        if result_col in schema.names:
-            raise InvalidInput(f"PREDICT: the query already has a column '{result_col}'; "
-                               "choose another OPTIONS (result_col=...)")
-        out = schema.append(pa.field(result_col, pa.string()))
+        added = [("result_col", options["result_col"])]
+        if options["on_error"] == "null":
+            added.append(("error_col", options["error_col"]))
+        if len(added) == 2 and added[0][1] == added[1][1]:
+            raise InvalidInput("PREDICT: result_col and error_col must differ")
+        out = schema
+        for option, name in added:
+            if name in schema.names:
+                raise InvalidInput(f"PREDICT: the query already has a column '{name}'; "
+                                   f"choose another OPTIONS ({option}=...)")
+            out = out.append(pa.field(name, pa.string()))
         return cls(dataset_schema=out, statement=statement, options=options,
                    model_dir=str(engine.registry.model_dir(statement.model)), df=df,
                    parameter_schema=df.parameter_schema)
@@ -269,18 +315,33 @@ class PredictNode(InferenceNode):
 
     def _batches(self, engine, transcriber, reader, cancel) -> Iterator[pa.RecordBatch]:
         audio_col = self.options["audio_col"]
+        keep_going = self.options["on_error"] == "null"
         offset = 0
         for batch in reader:
             for start in range(0, batch.num_rows, PREDICT_CHUNK_ROWS):
                 chunk = batch.slice(start, PREDICT_CHUNK_ROWS)
-                paths = _audio_paths(engine, chunk.column(audio_col).to_pylist(), offset)
+                values = chunk.column(audio_col).to_pylist()
+                errors: list[str | None] | None = [None] * len(values) if keep_going else None
+                if errors is None:
+                    paths: list[str | None] = _audio_paths(engine, values, offset)
+                else:
+                    paths = []
+                    for i, value in enumerate(values):
+                        try:
+                            paths.append(_audio_paths(engine, [value], offset + i)[0])
+                        except PlannerError as exc:  # an empty or refused path: this row's error
+                            paths.append(None)
+                            errors[i] = str(exc)
                 with ml_errors():
                     texts = transcriber.transcribe(paths, self.options["batch_size"], row_offset=offset,
-                                                   should_stop=cancel.is_set)
+                                                   should_stop=cancel.is_set,
+                                                   max_seconds=self.options["max_duration"], errors=errors)
                 cancel.check()
                 offset += chunk.num_rows
-                yield pa.RecordBatch.from_arrays([*chunk.columns, pa.array(texts, pa.string())],
-                                                 schema=self.dataset_schema)
+                columns = [*chunk.columns, pa.array(texts, pa.string())]
+                if errors is not None:
+                    columns.append(pa.array(errors, pa.string()))
+                yield pa.RecordBatch.from_arrays(columns, schema=self.dataset_schema)
 
 
 @dataclass
@@ -306,14 +367,23 @@ class EvaluateNode(InferenceNode):
         from ml import metrics
         audio_col, text_col = self.options["audio_col"], self.options["text_col"]
         data = _collect_columns(engine, self.df.dataframe(engine, params), [audio_col, text_col], cancel)
-        paths = _audio_paths(engine, data[audio_col], 0)
-        if not paths:
+        if not data[audio_col]:
             raise InvalidInput("the query after AS returned no rows to evaluate on")
+        paths = _audio_paths(engine, data[audio_col], 0)
+        # A NULL reference cannot be scored: counting it as an empty one would score any
+        # transcript of that row as all insertions, silently.  An empty string is a valid
+        # reference (silence) and is scored.
+        for i, text in enumerate(data[text_col]):
+            if text is None:
+                raise InvalidInput(f"row {i}: the reference transcript in column '{text_col}' is NULL "
+                                   f"(audio '{paths[i]}'); filter such rows out, e.g. WHERE {text_col} "
+                                   "IS NOT NULL")
         transcriber = engine.transcriber(self.model_dir)
-        hyps = transcriber.transcribe(paths, self.options["batch_size"], should_stop=cancel.is_set)
+        stats: dict = {}
+        hyps = transcriber.transcribe(paths, self.options["batch_size"], should_stop=cancel.is_set,
+                                      max_seconds=self.options["max_duration"], stats=stats)
         cancel.check()
-        from ml.audio import audio_seconds
-        scores = metrics.metrics_table(metrics.score(data[text_col], hyps, sum(audio_seconds(p) for p in paths)))
+        scores = metrics.metrics_table(metrics.score(data[text_col], hyps, stats["audio_seconds"]))
         return pa.RecordBatchReader.from_batches(METRICS_SCHEMA, scores.cast(METRICS_SCHEMA).to_batches())
 
 
@@ -349,7 +419,8 @@ class DeleteModelPlan(Plan):
 
     def run(self, engine, params, cancel):
         with ml_errors():
-            if not engine.registry.exists(self.statement.name):
+            # Any model with a row goes: ready, failed or cancelled (a failed BUILD leaves one).
+            if not engine.registry.known(self.statement.name):
                 if self.statement.if_exists:
                     return 0
                 engine.registry.model_dir(self.statement.name)  # raises NotFound listing the models

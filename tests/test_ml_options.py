@@ -20,8 +20,9 @@ def test_defaults_and_the_tutorials_options(monkeypatch):
     monkeypatch.setenv("THANOSQL_BASE_MODEL", "/models/base")
     assert validate("Wav2Vec2En", "build", {})["base_model"] == "/models/base"
     predict = validate("wav2vec2en", "PREDICT", None)
-    assert predict == {"audio_col": "audio", "batch_size": 8, "result_col": "predict_result"}
-    assert set(validate("Wav2Vec2En", "evaluate", {})) == {"audio_col", "text_col", "batch_size"}
+    assert predict == {"audio_col": "audio", "batch_size": 8, "result_col": "predict_result",
+                       "max_duration": 4 * 3600.0, "on_error": "fail", "error_col": "predict_error"}
+    assert set(validate("Wav2Vec2En", "evaluate", {})) == {"audio_col", "text_col", "batch_size", "max_duration"}
     assert "base_model" not in validate("Wav2Vec2En", "fit", {})
 
 
