@@ -97,7 +97,9 @@ def _rebuild_error(module, name, message, path, row) -> MLError:
             return cls(message, path=path, row=row)
         return cls(message)
     # The exception's class name means nothing to a SQL user (the traceback goes to the log).
-    return TrainingFailed(f"training failed: {message or name}")
+    if name == "MemoryError":
+        return TrainingFailed("training failed: out of memory; use a smaller batch_size or a lower max_duration")
+    return TrainingFailed(f"training failed: {message or 'unexpected error (details in the server log)'}")
 
 
 def _describe_exit(code: int | None) -> str:
