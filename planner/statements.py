@@ -255,6 +255,13 @@ def _tokenize(sql: str) -> list[Token]:
 
 def parse(sql: str) -> Any:
     """Recognise one statement. Raises InvalidInput with a message naming the problem."""
+    try:
+        return _parse(sql)
+    except RecursionError:  # a literal nested deeper than Python's stack (OPTIONS lists)
+        raise InvalidInput("the statement nests too deeply to be read") from None
+
+
+def _parse(sql: str) -> Any:
     cur = _Cursor(sql, _tokenize(sql))
     first = cur.word()
     if first == "EXPLAIN":

@@ -13,25 +13,28 @@ def depth(sql: str) -> int:
     return expression_depth(Tokenizer().tokenize(sql))
 
 
-def test_depth_estimate_never_below_the_chain():
+def test_depth_bound_never_below_the_chain():
+    """A binary chain of N links is N deep and takes 2N tokens: the bound is at least that."""
     assert depth("SELECT " + "+".join(["1"] * 50)) >= 49
-    ors = depth("SELECT * FROM t WHERE " + " OR ".join(f"x = {i}" for i in range(100)))
-    assert 100 <= ors <= 102  # 99 ORs above one comparison
-    # a tight chain under a loose one sits as deep as both chains together
-    assert depth("SELECT " + "*".join(["2"] * 40) + "+1" * 40) >= 79
+    assert depth("SELECT * FROM t WHERE " + " OR ".join(f"x = {i}" for i in range(100))) >= 99
     assert depth(" UNION ALL ".join(["SELECT 1"] * 30)) >= 29
-    # parentheses add the chain around them
+    # operators no list names still count
+    assert depth("SELECT 'a'" + " ~ 'a'" * 100) >= 100
+    assert depth("SELECT now()" + " AT TIME ZONE 'UTC'" * 100) >= 100
+    # nesting adds the chain around it; CASE ... END is one operand of the chain around it
     assert depth("SELECT 1 + 1 + (2 * (3 + 3 + 3))") >= 5
     assert depth("SELECT (" + "+".join(["1"] * 30) + ") + " + "+".join(["1"] * 30)) >= 59
+    assert depth("SELECT " + " + ".join(["CASE WHEN x THEN 1 ELSE 2 END"] * 200)) >= 199
+    assert depth("SELECT " + "[" * 300 + "1" + "]" * 300) >= 300
 
 
-def test_depth_estimate_of_wide_but_shallow_queries():
+def test_depth_bound_of_wide_but_shallow_queries():
     wide = "SELECT " + ", ".join(f"a{i} + b{i}" for i in range(5000)) + " FROM t"
-    assert depth(wide) <= 3
+    assert depth(wide) <= 5
     in_list = "SELECT * FROM t WHERE x IN (" + ", ".join(str(i) for i in range(20000)) + ")"
-    assert depth(in_list) <= 3
+    assert depth(in_list) <= 10
     cases = "SELECT CASE " + " ".join(f"WHEN x = {i} THEN {i}" for i in range(3000)) + " END FROM t"
-    assert depth(cases) <= 3
+    assert depth(cases) <= 10
 
 
 def run(url: str, sql: str):
@@ -43,6 +46,9 @@ def run(url: str, sql: str):
 @pytest.mark.parametrize("sql", [
     "SELECT " + "+".join(["1"] * 5000),                                   # was SIGSEGV
     "SELECT " + "||".join(["'a'"] * 3000),                                 # was SIGSEGV
+    "SELECT 'a'" + " ~ 'a'" * 12000,                                       # was SIGSEGV
+    "SELECT now()" + " AT TIME ZONE 'UTC'" * 12000,                        # was SIGSEGV
+    "SELECT " + " + ".join(["CASE WHEN true THEN 1 END"] * 3000),
     "SELECT * FROM (VALUES (1)) v(x) WHERE " + " OR ".join(f"x = {i}" for i in range(20000)),
     " UNION ALL ".join(["SELECT 1"] * 5000),
 ])
@@ -58,10 +64,28 @@ def test_too_deep_is_refused_and_the_server_lives(server, sql):
 
 def test_just_under_the_limit_runs(server):
     """The deepest chain allowed runs through the server's own threads (streamed result)."""
-    n = MAX_EXPRESSION_DEPTH - 2
+    n = MAX_EXPRESSION_DEPTH // 2  # n terms, 2n - 1 tokens: the longest chain allowed
+    assert depth("SELECT " + "+".join(["1"] * n)) <= MAX_EXPRESSION_DEPTH
     assert run(server.url, "SELECT " + "+".join(["1"] * n)) == [(n,)]
     rows = run(server.url, "SELECT " + "||".join(["'a'"] * n))
     assert rows == [("a" * n,)]
+    with pytest.raises(flightsql.Error) as info:  # planned this deep, then a type error
+        run(server.url, "SELECT 'a'" + " ~ 'a'" * (n - 1))
+    assert "(InvalidArgument;" in str(info.value) and "regex" in str(info.value)
+    assert server.alive()
+
+
+def test_deeply_nested_options_get_a_clean_error(server):
+    sql = ("BUILD MODEL m USING Wav2Vec2En OPTIONS (epochs=" + "[" * 3000 + "1" + "]" * 3000
+           + ") AS SELECT 1")
+    with pytest.raises(flightsql.Error) as info:
+        run(server.url, sql)
+    assert "(InvalidArgument;" in str(info.value), str(info.value)
+    assert "Recursion" not in str(info.value)
+    sql = "BUILD MODEL m USING Wav2Vec2En OPTIONS (epochs=" + "[" * 900 + "1" + "]" * 900 + ") AS SELECT 1"
+    with pytest.raises(flightsql.Error) as info:  # under the depth limit: the parser's own error
+        run(server.url, sql)
+    assert "(InvalidArgument;" in str(info.value), str(info.value)
     assert server.alive()
 
 
