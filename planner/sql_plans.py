@@ -69,6 +69,12 @@ def _interruptible_batches(df: Any, cancel: CancelToken) -> Iterator[pa.RecordBa
 _STOPPED = object()
 
 
+def collect_interruptible(df: Any, cancel: CancelToken) -> list[pa.RecordBatch]:
+    """All of a statement's batches; a cancel, the client going away or the timeout stops
+    it even while DataFusion is still working towards the first (a COPY, a DML)."""
+    return list(_interruptible_batches(df, cancel))
+
+
 async def _first_batch(stream: Any, cancel: CancelToken):
     """DataFusion's first batch (None when there is none), or _STOPPED once the token is set."""
     pending = asyncio.ensure_future(stream.__anext__())
@@ -295,7 +301,7 @@ class CopyToPlan(Plan):
         if type(node).__name__ != "CopyTo" or node.output_url() != literal:
             raise PermissionDenied(f"COPY ... TO: the statement's target could not be confirmed as "
                                    f"'{literal}'; write it as COPY (query) TO 'path' with a plain literal")
-        batches = engine.run_datafusion(df.collect)
+        batches = collect_interruptible(df, cancel)  # the writing happens before its one batch
         return sum(int(b.column(0)[0].as_py()) for b in batches if b.num_rows)
 
 

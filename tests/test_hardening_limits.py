@@ -134,3 +134,24 @@ def test_statement_timeout_is_reported_in_sql_info(start_server):
     table = client.do_get(info.endpoints[0].ticket).read_all()
     assert table.column("info_name").to_pylist() == [100]
     assert table.column("value").to_pylist() == [2500]  # milliseconds
+
+
+def test_statement_timeout_stops_copy_to(start_server):
+    """COPY ... TO runs to its one result batch: the timeout stops the writing itself."""
+    import time
+
+    server = start_server("--statement-timeout", "1.5")
+    sql = ("COPY (SELECT value, repeat('x', 200) AS pad FROM generate_series(1, 100000000000)) "
+           "TO 'big.csv' STORED AS CSV")
+    with pytest.raises(flightsql.Error) as info:
+        run(server.url, sql)
+    assert "(DeadlineExceeded;" in str(info.value), str(info.value)
+
+    def written() -> int:
+        return sum(p.stat().st_size for p in server.data_dir.rglob("*") if p.is_file()
+                   and "big" in p.name)
+    time.sleep(0.5)
+    size = written()
+    time.sleep(1.5)
+    assert written() == size, "the COPY went on writing after its timeout"
+    assert run(server.url, "SELECT 42") == [(42,)]
