@@ -17,6 +17,23 @@ response headers, which it then sends on every call.
   for a Basic login leaves in the response headers right after `start_call`, before any
   handler (which could read `context.peer()`) runs. So the backoff cannot be keyed by
   address here; put a rate-limiting proxy in front for that.
+- The trade-off of keying by user name alone: anyone who can reach the server can lock a
+  named user out, by sending wrong passwords for that name -- one wrong password each
+  time a refusal window ends keeps the user refused (windows grow to 300 s), and the
+  user's right password is refused meanwhile. It was kept deliberately: without it a
+  password could be guessed at full speed, and the address that would tell the attacker
+  from the user is not available (above). What limits the damage: bearer tokens (the
+  `--token`s, and tokens already issued by a login, valid 12 h) are never subject to the
+  backoff, so running sessions and token-based clients keep working during a lockout;
+  `--login-attempts` / `--login-backoff` tune it; and a proxy that limits logins per
+  address in front of the server removes the attack.
+- Bearer tokens have no backoff at all: a wrong token names no user to key a backoff on,
+  and the caller's address is unknown, so guesses are limited only by the server's speed
+  (thousands per second). Configured tokens must therefore be long random
+  strings -- at least MIN_TOKEN_CHARS (24) characters, e.g. `python -c "import secrets;
+  print(secrets.token_urlsafe(32))"`; the CLI logs a warning at start for a shorter
+  `--token` or THANOSQL_API_TOKEN. They are compared in constant time. Issued tokens
+  are `secrets.token_urlsafe(32)` (256 bits).
 - Issued bearer tokens expire (`token_ttl`) and the store is an LRU of at most
   `max_tokens` entries; expired tokens are swept. Tokens are kept as SHA-256 digests.
 """
@@ -38,6 +55,8 @@ import pyarrow.flight as flight
 from flight_server.errors import INTERNAL, UNAUTHENTICATED, classify, flight_error
 
 ISSUED_TOKEN_TTL = 12 * 3600.0
+# Shorter configured bearer tokens get a warning at start: they can be guessed (no backoff).
+MIN_TOKEN_CHARS = 24
 MAX_ISSUED_TOKENS = 10_000
 ANONYMOUS = "anonymous"
 

@@ -24,7 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-mirror", default=env("THANOSQL_DATASET_MIRROR"),
                    help="local folder holding the datasets of GET THANOSQL DATASET")
     p.add_argument("--token", action="append", default=[],
-                   help="accept 'Authorization: Bearer TOKEN' (also env THANOSQL_API_TOKEN)")
+                   help="accept 'Authorization: Bearer TOKEN' (also env THANOSQL_API_TOKEN); "
+                        "wrong tokens are not rate-limited, so use a long random string (at "
+                        "least 24 characters, e.g. python -c \"import secrets; "
+                        "print(secrets.token_urlsafe(32))\"); shorter ones get a warning at "
+                        "start; repeatable")
     p.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD",
                    help="accept this user/password (Flight handshake, as JDBC does); repeatable")
     p.add_argument("--max-statement-bytes", type=int, metavar="BYTES",
@@ -58,13 +62,20 @@ def main(argv: list[str] | None = None) -> int:
     # down several-fold with OpenMP's spinning waits; measured 4-6x here.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-    from flight_server.auth import Authenticator, LoginBackoff
+    from flight_server.auth import MIN_TOKEN_CHARS, Authenticator, LoginBackoff
     from flight_server.server import FlightSqlServer
     from planner.engine import Engine
 
-    tokens = list(args.token)
+    named = [(f"--token #{i}", t) for i, t in enumerate(args.token, 1)]
     if os.environ.get("THANOSQL_API_TOKEN"):
-        tokens.append(os.environ["THANOSQL_API_TOKEN"])
+        named.append(("THANOSQL_API_TOKEN", os.environ["THANOSQL_API_TOKEN"]))
+    tokens = [t for _, t in named]
+    for source, token in named:
+        if len(token) < MIN_TOKEN_CHARS:  # never log the token itself
+            logging.getLogger("thanosql.server").warning(
+                "weak bearer token: %s is %d characters long; wrong tokens are not rate-limited, so "
+                "use a long random string of at least %d characters (e.g. python -c \"import secrets; "
+                "print(secrets.token_urlsafe(32))\")", source, len(token), MIN_TOKEN_CHARS)
     users = {}
     for spec in args.user:
         name, sep, password = spec.partition(":")

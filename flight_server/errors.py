@@ -61,11 +61,36 @@ arrow/python/common.cc and flight/transport{.cc,/grpc/util_internal.cc}):
     name ("AlreadyExists") instead of the Python exception.
   * Clients that read only gRPC's own message (Java: the Flight JDBC driver) get the
     right code, and for INVALID_ARGUMENT / NOT_FOUND / UNIMPLEMENTED a message that
-    still ends in ". Detail: Python exception: <class>: <msg>" (no traceback); pyarrow
-    offers no way around that. pyarrow's own client also appends gRPC's raw message to
-    errors of streaming RPCs (DoGet, DoPut: "... . gRPC client debug context: ...").
+    still ends in ". Detail: Python exception: <class>: <msg>" (no traceback).
 - Errors raised by middleware (authentication) cannot add trailers; they are
-  FlightErrors with `extra_info`, so they are clean everywhere.
+  FlightErrors with `extra_info`, so they are clean everywhere (but see GetSchema).
+- Every message is `capped` at MAX_MESSAGE_CHARS characters ("... (N characters
+  omitted)"), here, for every route above: an error may quote a statement or a plan.
+
+What pyarrow 26 does not allow (left as is, on purpose):
+- gRPC's raw message of INVALID_ARGUMENT / NOT_FOUND / UNIMPLEMENTED always names the
+  Python exception: Arrow builds it as "<msg>. Detail: <status detail>", the status of a
+  Python exception always carries a PythonErrorDetail, which prints "Python exception: "
+  and `traceback.format_exception(...)` (arrow/python/common.cc), and only FlightErrors
+  escape that -- none of which has those three codes. Clients that read that raw message
+  see it: the JDBC driver, and pyarrow's own client on streaming RPCs (DoGet, DoPut,
+  DoExchange), where it appends "<clean message>. gRPC client debug context: <gRPC's
+  debug string, which quotes the raw message>. Client context: ..." (Arrow's
+  GrpcClientImpl Finish). The part before ". gRPC client debug context: " is the clean
+  "<msg>. Detail: NotFound", and the exception class is right (pa.ArrowKeyError...);
+  unary RPCs (GetFlightInfo, DoAction, ...) are clean on pyarrow.
+- GetSchema, both ends. The server callback (`_get_schema` in _flight.pyx) lacks the
+  `except FlightError` every other callback has, so a FlightError raised by get_schema
+  goes out as UNKNOWN (PERMISSION_DENIED, UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED,
+  INTERNAL; the meant status still shows in the detail); INVALID_ARGUMENT, NOT_FOUND and
+  UNIMPLEMENTED go out right. The client (`FlightClient.get_schema`) checks the status
+  with `check_status` instead of `check_flight_status`, so every Flight error there is a
+  plain ArrowException / OSError whose Flight detail is printed twice: a GetSchema
+  refused by authentication reads "<msg>. Detail: Unauthenticated. Detail:
+  Unauthenticated" although the server sends the detail once (the same refusal of a
+  GetFlightInfo reads "<msg>. Detail: Unauthenticated"), and the middleware that refuses the
+  call has no call context to add or drop a trailer. ADBC and the JDBC driver prepare
+  statements instead of calling GetSchema.
 """
 
 from __future__ import annotations
@@ -216,8 +241,26 @@ def _clean(message: str) -> str:
     return message.split(". Detail: ", 1)[0]
 
 
+# Every client-visible message is cut to this many characters (plus a note saying how
+# many were left out): an error may echo a statement or a nested plan of any size.
+MAX_MESSAGE_CHARS = 2000
+
+
+def capped(message: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`message`, or its first `limit` characters and "... (N characters omitted)"."""
+    if len(message) <= limit:
+        return message
+    return f"{message[:limit]}... ({len(message) - limit} characters omitted)"
+
+
 def classify(exc: BaseException) -> tuple[int, int, str]:
-    """(meant status, wire status, client message) for an exception; logs unexpected ones."""
+    """(meant status, wire status, client message) for an exception; logs unexpected ones.
+    The message is `capped`."""
+    meant, wire, message = _classify(exc)
+    return meant, wire, capped(message)
+
+
+def _classify(exc: BaseException) -> tuple[int, int, str]:
     for source, meant, wire in _RULES:
         if isinstance(exc, source):
             if meant == INTERNAL:
@@ -247,6 +290,7 @@ def _format(exc: BaseException) -> str:
 
 def flight_error(code: int, message: str, meant: int | None = None) -> flight.FlightError:
     """A FlightError for one of the FlightError wire codes, clean for every client."""
+    message = capped(message)
     return _RAISE[code](message, rpc_status(code, message, meant))
 
 

@@ -10,7 +10,10 @@ SQL may only touch files under the allowed roots (the data directory plus `--all
 - what it is: FIFOs, sockets and devices are refused before anything opens them (a FIFO
   would block a server thread forever);
 - for writes (COPY ... TO): never through a symlink, never over the catalog, table or model
-  folders of the data directory.
+  folders of the data directory;
+- external tables never read the server's own files: a LOCATION (or a file under it) that
+  is, holds or lies inside the catalog, `tables/` or `models/` is refused (`protected`,
+  the same rule as for COPY ... TO).
 
 External tables are checked twice: their LOCATION when created, and every file under it
 each time a statement that reads or writes them is planned (DataFusion lists the folder at
@@ -172,11 +175,14 @@ class PathPolicy:
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
 
-    def walk(self, top: Path, shown: str, wanted: Callable[[str], bool] | None = None) -> Iterator[Path]:
+    def walk(self, top: Path, shown: str, wanted: Callable[[str], bool] | None = None,
+             protect: bool = False) -> Iterator[Path]:
         """Every file under `top` (a folder or a file) as DataFusion's listing sees it
         (symlinked folders followed), each resolved and checked: a link resolving outside
         the roots, or a FIFO, socket or device, refuses the whole tree. `wanted(name)`
         limits the check to the files that will be read (folders are always followed).
+        With `protect`, a file or folder that is, holds or lies inside one of the server's
+        own files (`protected`) refuses the tree too.
         Yields the real path of each wanted regular file."""
         seen: set[str] = set()
         stack = [str(top)]
@@ -192,6 +198,12 @@ class PathPolicy:
                 raise PermissionDenied(
                     f"'{path}' (under {shown}) resolves to {real}, outside the server's allowed "
                     f"folders ({self.allowed_text()}); the statement is refused")
+            if protect:
+                own = self.protected(Path(real))
+                if own is not None:
+                    what = shown if path == str(top) else f"'{path}' (under {shown})"
+                    raise PermissionDenied(f"{what} resolves to {real}, which {own}; the server's own "
+                                           "files are never read as a table")
             try:
                 mode = os.stat(real).st_mode
             except FileNotFoundError:
@@ -214,9 +226,24 @@ class PathPolicy:
                                        "file; the statement is refused")
             yield Path(real)
 
-    def check_tree(self, top: Path, shown: str) -> None:
-        for _ in self.walk(top, shown):
+    def check_tree(self, top: Path, shown: str, protect: bool = False) -> None:
+        for _ in self.walk(top, shown, protect=protect):
             pass
+
+    def protected(self, real: Path) -> str | None:
+        """Why the real path `real` touches the server's own files of the data directory
+        (its catalog, `tables/`, `models/`), or None: it is one of them or lies inside one,
+        or it is the data directory or a folder holding it. The one rule for COPY ... TO
+        targets and external table locations."""
+        if real == self.base or self.base.is_relative_to(real):
+            where = "is" if real == self.base else "holds"
+            return (f"{where} the server's data directory {self.base} (its catalog, tables/ and "
+                    "models/ are the server's own)")
+        if real.is_relative_to(self.base):
+            first = real.relative_to(self.base).parts[0]
+            if first in PROTECTED_FOLDERS or first.startswith(PROTECTED_PREFIXES):
+                return f"lies in the server's own {first} in the data directory {self.base}"
+        return None
 
     def external_location(self, location: str) -> tuple[Path, str]:
         """(checked real path, the literal to give DataFusion) for CREATE EXTERNAL TABLE's
@@ -226,9 +253,13 @@ class PathPolicy:
         if _GLOB & set(str(resolved)):
             raise InvalidInput(f"LOCATION '{text}': glob patterns (*, ?, [) are not supported; name a "
                                "folder or a file")
+        own = self.protected(resolved)
+        if own is not None:
+            raise self._refuse(text, f"resolves to {resolved}, which {own}; an external table cannot "
+                                     "read the server's own files")
         if not os.path.exists(resolved):
             raise NotFound(f"LOCATION '{text}' does not exist (resolved to {resolved})")
-        self.check_tree(resolved, f"LOCATION '{text}'")
+        self.check_tree(resolved, f"LOCATION '{text}'", protect=True)
         literal = str(resolved) + ("/" if resolved.is_dir() else "")
         return resolved, literal
 
@@ -258,13 +289,12 @@ class PathPolicy:
             mode = None
         if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             raise self._refuse(text, f"is {_kind(mode)}; COPY ... TO writes regular files only")
-        if target == self.base or target.is_relative_to(self.base):
-            parts = target.relative_to(self.base).parts
-            if not parts:
-                raise self._refuse(text, "is the data directory itself; name a file or a folder inside it")
-            if parts[0] in PROTECTED_FOLDERS or parts[0].startswith(PROTECTED_PREFIXES):
-                raise self._refuse(text, f"would write into the server's own {parts[0]} in the data "
-                                         "directory; choose another target")
+        if target == self.base:
+            raise self._refuse(text, "is the data directory itself; name a file or a folder inside it")
+        own = self.protected(target)
+        if own is not None:
+            raise self._refuse(text, f"resolves to {target}, which {own}; COPY ... TO never writes "
+                                     "there: choose another target")
         return target
 
     # --- checkpoints ---------------------------------------------------------------------
@@ -413,7 +443,7 @@ class ConfinedContext(SessionContext):
         for name in referenced_tables(text, sorted(externals)):
             location = externals[name]
             resolved = self.policy.resolve(location)
-            self.policy.check_tree(resolved, f"external table {name} ({location})")
+            self.policy.check_tree(resolved, f"external table {name} ({location})", protect=True)
 
 
 class CheckedDataFrame(DataFrame):

@@ -327,6 +327,75 @@ def test_external_table_checked_after_restart(tmp_path):
         server.stop()
 
 
+def test_policy_external_location_refuses_the_servers_own_files(tmp_path):
+    """A LOCATION that is, holds or lies inside the catalog, tables/ or models/ is refused,
+    whatever route leads there (relative, absolute, file: URL, '..', a link, a link inside)."""
+    data = tmp_path / "data"
+    part = data / "tables" / "t-0a1b" / "part-00000.parquet"
+    part.parent.mkdir(parents=True)
+    part.write_bytes(b"PAR1")
+    (data / "models" / "m" / "v1").mkdir(parents=True)
+    (data / "models" / "m" / "v1" / "config.json").write_text("{}")
+    for name in ["catalog.sqlite", "catalog.sqlite-wal"]:
+        (data / name).write_bytes(b"SQLite format 3\x00")
+    (data / "ext").mkdir()
+    (data / "ext" / "a.csv").write_text("a\n1\n")
+    policy = PathPolicy(data, (tmp_path,))  # an allowed root that holds the data directory
+    base = data.resolve()
+    assert policy.external_location("ext")[0] == base / "ext"
+    for text in ["tables/t-0a1b/part-00000.parquet", "tables/t-0a1b", "tables/t-0a1b/", "tables", "tables/",
+                 "models", "models/m/v1/config.json", "catalog.sqlite", "catalog.sqlite-wal",
+                 "catalog.sqlite-missing", f"{base}/tables/t-0a1b/", f"file://{base}/catalog.sqlite",
+                 "ext/../tables/t-0a1b", ".", str(base), str(tmp_path), f"{tmp_path}/"]:
+        with pytest.raises(PermissionDenied) as info:
+            policy.external_location(text)
+        message = str(info.value)
+        assert f"'{text}'" in message and ("server's own" in message or "data directory" in message), message
+    (data / "tables_link").symlink_to(data / "tables" / "t-0a1b")  # the location itself a link
+    (data / "ext" / "own.parquet").symlink_to(part)  # a file inside the location links in
+    for text, word in [("tables_link", "server's own tables"), ("ext", "own.parquet")]:
+        with pytest.raises(PermissionDenied, match=word):
+            policy.external_location(text)
+    (data / "ext" / "own.parquet").unlink()
+    (data / "ext" / "up").symlink_to(data)  # a folder inside it links to the data directory
+    with pytest.raises(PermissionDenied, match="'.*up' .* data directory"):
+        policy.external_location("ext")
+    (data / "ext" / "up").unlink()
+    assert policy.external_location("ext")[0] == base / "ext"
+
+
+def test_external_table_cannot_read_the_servers_own_files(env):
+    url, data = env["url"], env["data"]
+    ok(url, "CREATE TABLE own_t AS SELECT 42 AS a")
+    ok(url, "INSERT INTO own_t VALUES (43)")
+    folder = next(p.name for p in (data / "tables").iterdir() if p.name.startswith("own_t-"))
+    part = next(p.name for p in (data / "tables" / folder).iterdir())
+    tables_before = {p: snapshot(p) for p in (data / "tables" / folder).iterdir()}
+    for location in [f"tables/{folder}/{part}", f"tables/{folder}/", "tables/", "catalog.sqlite",
+                     "catalog.sqlite-wal", "models/", ".", str(data), f"file://{data}/tables/{folder}"]:
+        for stored in ["PARQUET", "CSV"]:
+            message = refused(url, f"CREATE EXTERNAL TABLE own_x STORED AS {stored} LOCATION '{location}'",
+                              f"'{location}'")
+            assert "server's own" in message or "data directory" in message, message
+    # the same through CREATE UNBOUNDED EXTERNAL TABLE, as the tester wrote it
+    refused(url, f"CREATE UNBOUNDED EXTERNAL TABLE own_w (a VARCHAR) STORED AS CSV "
+                 f"LOCATION 'tables/{folder}/{part}'", "server's own")
+    names = ok(url, "LIST TABLE").column("table_name").to_pylist()
+    assert "own_x" not in names and "own_w" not in names
+    # A link to a table's file planted in an external table's folder after CREATE: refused
+    # when the table is scanned.
+    ext = data / "own_ext"
+    ext.mkdir()
+    (ext / "a.csv").write_text("a\n1\n")
+    ok(url, "CREATE EXTERNAL TABLE own_ext STORED AS CSV LOCATION 'own_ext' OPTIONS ('format.has_header' 'true')")
+    (ext / "b.csv").symlink_to(data / "catalog.sqlite")
+    refused(url, "SELECT * FROM own_ext", "b.csv", "server's own catalog.sqlite")
+    (ext / "b.csv").unlink()
+    assert ok(url, "SELECT * FROM own_ext").to_pylist() == [{"a": 1}]
+    assert {p: snapshot(p) for p in (data / "tables" / folder).iterdir()} == tables_before
+    assert sorted(ok(url, "SELECT a FROM own_t").column("a").to_pylist()) == [42, 43]
+
+
 # --- COPY ... FROM ---------------------------------------------------------------------------
 
 def test_copy_from_fifo_symlinks_and_escapes(env):

@@ -28,8 +28,10 @@ from google.protobuf import any_pb2, descriptor
 
 from flight_server import protocol as P
 from flight_server.auth import LoginBackoff, TokenStore
-from flight_server.errors import REASONS, RpcStatus, classify
+from flight_server.errors import (MAX_MESSAGE_CHARS, REASONS, UNAVAILABLE, RpcStatus, capped, classify,
+                                  flight_error)
 from planner import errors as pe
+from planner.engine import like
 from server_process import REPO, SHARED_DATA, ServerProcess
 
 BANNED = ("Traceback", 'File "', "Python exception", "pyarrow.lib", "pyarrow._flight")
@@ -429,11 +431,13 @@ def test_handles_belong_to_their_creator(auth_srv):
             call()
     for descriptor in (query, update):
         writer, reader = client.do_put(descriptor, pa.schema([("p", pa.int64())]), mallory)
-        with pytest.raises(pa.ArrowKeyError, match="unknown or expired prepared statement"):
+        with pytest.raises(pa.ArrowKeyError, match="unknown or expired prepared statement") as refused:
             writer.write_batch(pa.record_batch([pa.array([1])], names=["p"]))
             writer.done_writing()
             reader.read()
             writer.close()
+        assert primary(str(refused.value)) == ("unknown or expired prepared statement handle; prepare "
+                                               "the statement again. Detail: NotFound")
     close = P.pack(P.ActionClosePreparedStatementRequest(prepared_statement_handle=handle))
     list(client.do_action(flight.Action(P.CLOSE_PREPARED_STATEMENT, close), mallory))  # a no-op
     writer, reader = client.do_put(query, pa.schema([("p", pa.int64())]), alice)
@@ -443,6 +447,156 @@ def test_handles_belong_to_their_creator(auth_srv):
     writer.close()
     info = client.get_flight_info(query, alice)
     assert client.do_get(info.endpoints[0].ticket, alice).read_all().to_pylist() == [{"b": 42}]
+
+
+# --- errors of streaming RPCs, GetSchema, long messages (pyarrow.flight) ------------------
+
+def test_streaming_rpc_errors_are_clean_for_pyarrow(srv):
+    """DoGet, DoPut and DoExchange errors: the message pyarrow rebuilds from the trailers is
+    clean, with the right class and the meant status; pyarrow then appends gRPC's debug
+    string, which quotes gRPC's raw message (Python's detail, never a traceback: pyarrow
+    offers no way to drop it, see flight_server/errors.py)."""
+    client = flight.connect(srv.url)
+    ticket = client.get_flight_info(statement("SELECT 1 AS a"), TIMEOUT).endpoints[0].ticket
+    assert client.do_get(ticket, TIMEOUT).read_all().to_pylist() == [{"a": 1}]
+    with pytest.raises(pa.ArrowKeyError) as reused:  # a ticket is good for one DoGet
+        client.do_get(ticket, TIMEOUT).read_all()
+    assert primary(str(reused.value)) == "unknown or expired ticket; run the statement again. Detail: NotFound"
+    with pytest.raises(pa.ArrowInvalid) as garbage:
+        client.do_get(flight.Ticket(b"not a ticket"), TIMEOUT).read_all()
+    assert_clean(primary(str(garbage.value)))
+    assert primary(str(garbage.value)).endswith(". Detail: InvalidArgument")
+    writer, reader = client.do_exchange(flight.FlightDescriptor.for_command(b"x"), TIMEOUT)
+    with pytest.raises(pa.ArrowNotImplementedError) as exchange:
+        writer.begin(pa.schema([("a", pa.int64())]))
+        writer.done_writing()
+        reader.read_all()
+    with pytest.raises(pa.ArrowNotImplementedError):
+        writer.close()  # the same status again
+    assert primary(str(exchange.value)) == ("DoExchange is not supported: this is a Flight SQL server. "
+                                            "Detail: Unimplemented")
+
+
+def test_unauthenticated_detail_is_sent_once(auth_srv):
+    """The server sends an authentication refusal's detail once (GetFlightInfo shows it so).
+    pyarrow's FlightClient.get_schema prints a Flight detail a second time and raises a
+    plain error (it checks the status with check_status): the message must still start
+    with the clean text, and carry no Python detail."""
+    client = flight.connect(auth_srv.url)
+    core = "authentication required: send 'Authorization: Bearer <token>'"
+    with pytest.raises(flight.FlightUnauthenticatedError) as info:
+        client.get_flight_info(statement("SELECT 1"), TIMEOUT)
+    assert str(info.value).count("Detail: Unauthenticated") == 1 and str(info.value).startswith(core), info.value
+    assert_clean(str(info.value), core)
+    with pytest.raises((flight.FlightUnauthenticatedError, OSError)) as info:
+        client.get_schema(statement("SELECT 1"), TIMEOUT)
+    assert str(info.value).startswith(core) and ". Detail: Unauthenticated" in str(info.value), info.value
+    assert_clean(str(info.value), core)
+
+
+def test_capped_messages():
+    assert capped("x" * 2000) == "x" * 2000
+    assert capped("x" * 2500) == "x" * 2000 + "... (500 characters omitted)"
+    assert capped("abcdef", 4) == "abcd... (2 characters omitted)"
+    _, _, message = classify(pe.InvalidInput("y" * 10_000))
+    assert message == "y" * MAX_MESSAGE_CHARS + "... (8000 characters omitted)"
+    error = flight_error(UNAVAILABLE, "z" * 5000)
+    assert len(str(error)) < MAX_MESSAGE_CHARS + 100
+    assert RpcStatus.FromString(error.extra_info).message == str(error)
+
+
+def test_long_error_messages_are_capped(srv):
+    name = "t" + "x" * 6000  # DataFusion's "table '...' not found" quotes it whole
+    message = adbc_error(srv.url, f"SELECT * FROM {name}")
+    assert "(NotFound;" in message and "characters omitted)" in message, message[:300]
+    assert len(message) < MAX_MESSAGE_CHARS + 300, len(message)
+    assert_clean(message)
+    with pytest.raises(pa.ArrowKeyError) as info:
+        flight.connect(srv.url).get_flight_info(statement(f"SELECT * FROM {name}"), TIMEOUT)
+    assert "characters omitted)" in str(info.value) and len(str(info.value)) < MAX_MESSAGE_CHARS + 100
+    assert_clean(str(info.value))
+
+
+# --- metadata filter patterns: LIKE in linear time ----------------------------------------
+
+def _regex_like(value: str, pattern: str | None) -> bool:
+    """The former implementation (a backtracking regex): the reference on short inputs."""
+    if pattern is None or pattern == "%":
+        return True
+    regex = "".join(".*" if c == "%" else "." if c == "_" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, flags=re.DOTALL) is not None
+
+
+def test_like_semantics():
+    name = "librispeech_train_data_table"
+    for pattern, expected in [(None, True), ("%", True), ("", False), (name, True), ("libri%", True),
+                              ("%table", True), ("%train%", True), ("%_data_%", True), ("libri", False),
+                              ("_ibrispeech%", True), ("%Table", False), ("%tablex", False),
+                              ("librispeech_train_data_tabl_", True), ("%%%%", True), ("%_", True),
+                              ("%" * 14 + "!", False), ("%" * 14 + "e", True), ("l%a%b%l%e", True),
+                              ("librispeech\\_train%", False), ("a.*", False)]:
+        assert like(name, pattern) is expected, pattern
+    assert like("", "") and like("", "%") and not like("", "_") and like("a\nb", "a_b")
+    assert like("a%b", "a%b") and like("a.*b", "a.*b") and like("x\\y", "x\\y")
+    rng = random.Random(11)
+    for _ in range(20_000):
+        value = "".join(rng.choice("ab_%\n") for _ in range(rng.randint(0, 8)))
+        pattern = "".join(rng.choice("ab_%") for _ in range(rng.randint(0, 7)))
+        assert like(value, pattern) == _regex_like(value, pattern), (value, pattern)
+
+
+def test_like_hostile_patterns_take_milliseconds():
+    name = "librispeech_train_data_table"
+    started = time.perf_counter()
+    for pattern in ["%" * 14 + "!", "%" * 5000 + "!", "%_" * 2000 + "!", "%a" * 1000 + "!",
+                    ("%" + "_" * 10) * 300 + "!", "%l%i%b%r%i%s%p%e%e%c%h%" * 50 + "!"]:
+        assert like(name, pattern) is False, pattern[:40]
+        assert like(name * 4, pattern) is False
+    assert like("a" * 3000, "%" + "a" * 30 + "%" + "a" * 30) is True
+    assert not like("a" * 3000, "%" + "a" * 30 + "b")
+    took = time.perf_counter() - started
+    assert took < 0.5, f"{took:.3f} s"
+
+
+def test_hostile_metadata_pattern_answers_at_once(srv):
+    run(srv.url, "CREATE TABLE IF NOT EXISTS librispeech_train_data_table AS SELECT 1 AS a")
+    client = flight.connect(srv.url)
+
+    def fetch(command) -> pa.Table:
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(P.pack(command)), TIMEOUT)
+        return client.do_get(info.endpoints[0].ticket, TIMEOUT).read_all()
+
+    hostile = "%" * 14 + "!"
+    started = time.monotonic()
+    assert fetch(P.CommandGetTables(table_name_filter_pattern=hostile)).num_rows == 0
+    assert fetch(P.CommandGetTables(db_schema_filter_pattern=hostile, table_name_filter_pattern=hostile)
+                 ).num_rows == 0
+    assert fetch(P.CommandGetDbSchemas(db_schema_filter_pattern="%" * 40 + "!")).num_rows == 0
+    took = time.monotonic() - started
+    assert took < 3, f"{took:.2f} s"
+    found = fetch(P.CommandGetTables(table_name_filter_pattern="%" * 14 + "_data_table"))
+    assert found.column("table_name").to_pylist() == ["librispeech_train_data_table"]
+    assert run(srv.url, "SELECT 2 AS b") == [(2,)]  # and the server keeps serving
+
+
+# --- weak bearer tokens ---------------------------------------------------------------------
+
+def test_short_bearer_tokens_are_warned_about_at_start(tmp_path):
+    strong = "k" * 24
+    server = ServerProcess(tmp_path / "data", "--token", "short-secret-1", "--token", strong,
+                           env={"THANOSQL_API_TOKEN": "tiny-secret"}).start()
+    try:
+        log = server.server_log()
+        assert re.search(r"WARNING .*weak bearer token: --token #1 is 14 characters long", log), log
+        assert re.search(r"WARNING .*weak bearer token: THANOSQL_API_TOKEN is 11 characters long", log), log
+        assert "--token #2" not in log and "short-secret-1" not in log and "tiny-secret" not in log
+        for token in ["short-secret-1", strong, "tiny-secret"]:  # still accepted: a warning only
+            options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())],
+                                               timeout=10)
+            info = flight.connect(server.url).get_flight_info(statement("SELECT 1 AS a"), options)
+            assert info.schema.names == ["a"]
+    finally:
+        server.stop()
 
 
 # --- fuzzing every RPC --------------------------------------------------------------------
