@@ -84,12 +84,17 @@ class Engine:
         registry.recover()
         return registry
 
-    def transcriber(self, model_dir: str):
-        """A loaded inference model, kept for the next PREDICT (the last few are cached)."""
-        from ml.wav2vec2 import Transcriber
+    def transcriber(self, model_dir: str, class_name: str = "Wav2Vec2En", options: dict | None = None):
+        """A loaded inference model, kept for the next PREDICT (the last few are cached).
+
+        The model class's module loads it (``load_transcriber``); the options that change
+        what is loaded (``transcriber_key``, e.g. Whisper's compute_type) are part of the key."""
+        from ml.options import resolve_class
+        impl = resolve_class(class_name).implementation()
+        key = model_dir + "\0" + repr(impl.transcriber_key(options or {}))
         with self._transcribers_lock:
-            cached = self._transcribers.pop(model_dir, None) or Transcriber(model_dir)
-            self._transcribers[model_dir] = cached
+            cached = self._transcribers.pop(key, None) or impl.load_transcriber(model_dir, options or {})
+            self._transcribers[key] = cached
             while len(self._transcribers) > TRANSCRIBER_CACHE_SIZE:
                 self._transcribers.pop(next(iter(self._transcribers)))
             return cached
@@ -260,23 +265,29 @@ def _timeout_reported(cancel: CancelToken):
         raise
 
 
+_ANY_RUN, _ANY_ONE = object(), object()
+
+
 def like(value: str, pattern: str | None) -> bool:
     """SQL LIKE with % (any run of characters, none included) and _ (exactly one character),
-    the only special characters of Flight SQL's filter patterns (no escape character); case
+    the special characters of Flight SQL's filter patterns, and `\\` before either (or
+    before itself) for the character itself: the escape GetSqlInfo advertises
+    (SQL_SEARCH_STRING_ESCAPE), which JDBC tools put before the `_` of table names. Case
     sensitive, whole value. A client sends the pattern, so matching must stay cheap whatever
     it holds: the greedy two-pointer wildcard match, O(len(value) * len(pattern)) at worst
     and linear in practice, never a backtracking regex (`'%' * 14 + '!'` took minutes there,
     holding the GIL)."""
     if pattern is None or pattern == "%":
         return True
+    tokens = _like_tokens(pattern)
     v = p = 0
-    star = -1  # index in `pattern` just after the last % seen
+    star = -1  # index in `tokens` just after the last % seen
     resume = 0  # where in `value` that % currently ends its run
     while v < len(value):
-        if p < len(pattern) and pattern[p] == "%":
+        if p < len(tokens) and tokens[p] is _ANY_RUN:
             star, resume = p + 1, v
             p += 1
-        elif p < len(pattern) and (pattern[p] == "_" or pattern[p] == value[v]):
+        elif p < len(tokens) and (tokens[p] is _ANY_ONE or tokens[p] == value[v]):
             v += 1
             p += 1
         elif star >= 0:  # let the last % take one more character, and retry after it
@@ -284,7 +295,21 @@ def like(value: str, pattern: str | None) -> bool:
             v, p = resume, star
         else:
             return False
-    while p < len(pattern) and pattern[p] == "%":
+    while p < len(tokens) and tokens[p] is _ANY_RUN:
         p += 1
-    return p == len(pattern)
+    return p == len(tokens)
+
+
+def _like_tokens(pattern: str) -> list:
+    """The pattern as wildcards and literal characters, escapes applied."""
+    tokens, i = [], 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\" and i + 1 < len(pattern):
+            tokens.append(pattern[i + 1])
+            i += 2
+            continue
+        tokens.append(_ANY_RUN if c == "%" else _ANY_ONE if c == "_" else c)
+        i += 1
+    return tokens
 
