@@ -10,9 +10,11 @@ import pyarrow as pa
 from datafusion import SQLOptions, SessionContext
 
 from planner import copy as copy_source
-from planner.errors import AlreadyExists, InvalidInput, PermissionDenied, PlannerError, datafusion_error
+from planner.errors import (
+    AlreadyExists, InvalidInput, PermissionDenied, PlannerError, Unsupported, datafusion_error,
+)
 from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, guarded, param_rows, reader_of
-from planner.storage import utf8_schema
+from planner.storage import conform, table_ref, utf8_schema
 
 READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 DML_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(True).with_allow_statements(False)
@@ -120,6 +122,9 @@ class SqlDml(Plan):
     DataFusion, whose DML plan's input is the source already cast and projected to the
     table's columns; the store writes the rows of every bound parameter row into one
     file and commits it with one rename, under its lock: all the statement's rows or none.
+    Nothing else is ever written: DataFusion's own DML is never run (it would append to an
+    external table's files, wherever they are), so DML on anything but a stored table is
+    refused, naming why.
     """
     sql: str = ""
 
@@ -134,16 +139,6 @@ class SqlDml(Plan):
                 plans.append(engine.run_datafusion(
                     lambda values=values: engine.ctx.sql_with_options(self.sql, DML_ONLY, param_values=values)))
             target = insert_target(engine, plans[0].logical_plan())
-            if target is None:
-                # Not an INSERT into a stored table: DataFusion's own behaviour (DELETE,
-                # UPDATE and INSERT OVERWRITE are unsupported on listing tables; INSERT into
-                # a view is refused; an external table gets DataFusion's append).
-                total = 0
-                for df in plans:
-                    cancel.check()
-                    batches = engine.run_datafusion(df.collect)
-                    total += sum(int(b.column(0)[0].as_py()) for b in batches if b.num_rows)
-                return total
             sources = [engine.run_datafusion(
                 lambda df=df: engine.ctx.create_dataframe_from_logical_plan(df.logical_plan().inputs()[0]))
                 for df in plans]
@@ -151,22 +146,52 @@ class SqlDml(Plan):
             return engine.store.write_table(target, _source_batches(engine, sources, cancel), schema, "append")
 
 
-def insert_target(engine, logical_plan) -> str | None:
-    """The stored table an `INSERT INTO` plan appends to, or None for anything else."""
-    from planner.engine import DEFAULT_CATALOG, DEFAULT_SCHEMA
+_READ_ONLY_HINT = "use CREATE TABLE name AS SELECT ... to make a stored copy, or COPY (SELECT ...) TO 'path'"
+
+
+def insert_target(engine, logical_plan) -> str:
+    """The stored table an `INSERT INTO` plan appends to; any other DML is refused."""
     try:
         dml = logical_plan.to_variant()
-        if dml.op().name() != "Insert Into":
-            return None
-        parts = dml.table_name().split(".")
+        op = dml.op().name()
+        shown = dml.table_name()
     except Exception:  # not a DmlStatement
-        return None
-    name = parts[-1]
-    if len(parts) > 3 or (len(parts) == 3 and parts[0] != DEFAULT_CATALOG) \
-            or (len(parts) >= 2 and parts[-2] != DEFAULT_SCHEMA):
-        return None
-    stored = engine.store.get(name)
-    return name if stored is not None and stored.kind == "table" else None
+        raise InvalidInput("this statement is not an INSERT, UPDATE or DELETE") from None
+    obj = _dml_object(engine, dml, shown)
+    kind = obj.kind if obj is not None else None
+    if kind == "external":
+        raise PermissionDenied(f"external table '{obj.name}' is read-only: {op.upper()} is refused; "
+                               + _READ_ONLY_HINT)
+    if kind == "view":
+        raise InvalidInput(f"'{obj.name}' is a view; views are read-only ({op.upper()} is refused)")
+    if kind is None:
+        raise PermissionDenied(f"'{shown}' is not a stored table of this server (a system or information "
+                               f"table is read-only): {op.upper()} is refused")
+    if op != "Insert Into":
+        raise Unsupported(f"{op.upper()} is not supported: stored tables are append-only (INSERT INTO); "
+                          f"CREATE OR REPLACE TABLE {obj.name} AS SELECT ... rewrites one")
+    return obj.name
+
+
+def _dml_object(engine, dml, shown: str):
+    """The catalog object a DML plan targets. DataFusion shows the target unquoted
+    ('a.b' is table "a.b" or table b of schema a), so every reading of it that names an
+    object of schema public is tried; several matches are told apart by their schema."""
+    from planner.engine import DEFAULT_CATALOG, DEFAULT_SCHEMA
+    parts = shown.split(".")
+    candidates = [shown]
+    for skip in range(1, min(len(parts), 3)):
+        qualifier, rest = parts[:skip], ".".join(parts[skip:])
+        if qualifier in ([DEFAULT_SCHEMA], [DEFAULT_CATALOG, DEFAULT_SCHEMA]):
+            candidates.append(rest)
+    found = [obj for obj in dict.fromkeys(engine.store.get(c) for c in candidates) if obj is not None]
+    if len(found) > 1:
+        target_schema = dml.target().schema()
+        found = [obj for obj in found if engine.store.exists_in_session(obj.name)
+                 and engine.ctx.table(table_ref(obj.name)).schema() == target_schema]
+        if len(found) != 1:
+            raise InvalidInput(f"'{shown}' could name more than one table; rename one of them")
+    return found[0] if found else None
 
 
 def _source_batches(engine, sources, cancel):
@@ -183,26 +208,41 @@ def _source_batches(engine, sources, cancel):
 
 @dataclass
 class CreateTablePlan(Plan):
+    """CREATE TABLE: the AS query runs in the engine's own (confined, timed) context and is
+    streamed into the store; declared columns take the query's columns by position, cast
+    to the declared types. Column definitions alone make an empty table."""
     statement: Any = None
 
     def run(self, engine, params, cancel):
         st = self.statement
         with engine.store.lock:
-            if engine.object_exists(st.name):
+            if engine.store.get(st.name) is not None or engine.store.exists_in_session(st.name):
                 if st.if_not_exists:
                     return 0
                 if not st.or_replace:
                     raise AlreadyExists(f"table '{st.name}' already exists (use CREATE OR REPLACE TABLE, "
                                         "or DROP TABLE first)")
-            if st.query is not None:
-                df = engine.run_datafusion(lambda: engine.ctx.sql_with_options(st.query, READ_ONLY))
-                reader = stream_dataframe(df, cancel)
+            declared = declared_schema(engine, st.columns) if st.columns is not None else None
+            if st.query is None:
+                return engine.store.write_table(st.name, iter(()), declared, "replace")
+            df = engine.run_datafusion(lambda: engine.ctx.sql_with_options(st.query, READ_ONLY))
+            reader = stream_dataframe(df, cancel)
+            if declared is None:
                 return engine.store.write_table(st.name, reader, reader.schema, "replace")
-            # Column definitions: let DataFusion build the (empty or VALUES) table in a scratch
-            # context, so nothing lands in the shared one until it is stored.
-            scratch = SessionContext(engine.config)
-            table = engine.run_datafusion(lambda: (scratch.sql(st.sql), scratch.table(st.name).to_arrow_table())[1])
-            return engine.store.write_table(st.name, table.to_batches(), table.schema, "replace")
+            if len(reader.schema) != len(declared):
+                raise InvalidInput(f"CREATE TABLE {st.name}: {len(declared)} column(s) are declared but the "
+                                   f"query gives {len(reader.schema)} ({', '.join(reader.schema.names)})")
+            batches = (conform(b.rename_columns(declared.names), declared, st.name) for b in reader)
+            return engine.store.write_table(st.name, batches, declared, "replace")
+
+
+def declared_schema(engine, columns: str) -> pa.Schema:
+    """The schema of `(column definitions)`, as DataFusion reads them. Only the parenthesised
+    definitions reach DataFusion, in a scratch context that holds no table and reads no
+    file, under a fixed name (the real one may be anything)."""
+    scratch = SessionContext(engine.config)
+    engine.run_datafusion(lambda: scratch.sql("CREATE TABLE t " + columns))
+    return utf8_schema(engine.run_datafusion(lambda: scratch.table("t").schema()))
 
 
 @dataclass

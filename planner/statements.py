@@ -34,11 +34,14 @@ class Dml:
 
 @dataclass(frozen=True)
 class CreateTable:
+    """`CREATE TABLE name (column definitions)`, `CREATE TABLE name AS <query>`, or both
+    (the query's columns, by position, cast to the declared ones)."""
     name: str
     sql: str
-    query: str | None  # the SELECT of `CREATE TABLE t AS <query>`; None with column defs
+    query: str | None  # the query after AS; None with column definitions only
     if_not_exists: bool = False
     or_replace: bool = False
+    columns: str | None = None  # the parenthesised column definitions, as written
 
 
 @dataclass(frozen=True)
@@ -452,13 +455,40 @@ def _parse_create(cur: _Cursor) -> Any:
         location = cur.string("the LOCATION")
         return CreateExternalTable(name, location, cur.sql[:tok.start], cur.sql[tok.end + 1:],
                                    if_not_exists, or_replace)
+    name = _table_in_public(cur, name)
+    # Only `(column definitions)`, `AS query` or both: nothing else is handed to DataFusion
+    # whole (it would run in a context without the path policy or the statement timeout).
+    columns = None
+    if _at(cur, TokenType.L_PAREN):
+        start = cur.peek().start
+        _skip_parens(cur)
+        columns = cur.sql[start:cur.tokens[cur.i - 1].end + 1]
     query = None
     if cur.word() == "AS":
         cur.i += 1
         query = cur.rest()
         if not query:
             raise InvalidInput("CREATE TABLE ... AS needs a query after AS")
-    return CreateTable(name, cur.sql, query, if_not_exists, or_replace)
+    elif not cur.at_end():
+        raise InvalidInput(f"CREATE TABLE: unexpected '{cur.peek().text}'; write CREATE TABLE name "
+                           "(column type, ...), CREATE TABLE name AS query, or both")
+    if columns is None and query is None:
+        raise InvalidInput("CREATE TABLE needs column definitions, e.g. CREATE TABLE t (a BIGINT), "
+                           "or AS query")
+    return CreateTable(name, cur.sql, query, if_not_exists, or_replace, columns)
+
+
+def _table_in_public(cur: _Cursor, first: str) -> str:
+    """A table name, optionally qualified as public.name or datafusion.public.name (the one
+    schema tables are created in)."""
+    parts = [first]
+    while _at(cur, TokenType.DOT):
+        cur.i += 1
+        parts.append(cur.name("a table name"))
+    if parts[:-1] not in ([], ["public"], ["datafusion", "public"]):
+        raise InvalidInput(f"tables are created in schema public (catalog datafusion); "
+                           f"'{'.'.join(parts)}' names another")
+    return parts[-1]
 
 
 def _parse_drop(cur: _Cursor) -> Any:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import sqlite3
 import threading
@@ -43,6 +44,13 @@ from planner.errors import AlreadyExists, InvalidInput, NotFound, PlannerError, 
 # point queries (1M-row fetch 72 -> 37 ms, `WHERE id = x` 28 -> 3 ms, measured here).
 ROW_GROUP_ROWS = 65_536
 STAGING_PREFIX = ".staging-"
+# A table's folder is `<slug>-<12 hex>`: the slug is the name reduced to [a-z0-9_] and cut
+# short, so no name reaches the file system (no '/', '..', leading '.', length limits) and
+# no folder can look like staging. Older data directories keep their folders: the catalog
+# row names the folder, whatever its form.
+SLUG_CHARS = 40
+MAX_NAME_CHARS = 1024
+_NOT_SLUG = re.compile(r"[^a-z0-9_]+")
 DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 _SCHEMA = """
@@ -67,6 +75,65 @@ class StoredObject:
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def table_ref(name: str) -> str:
+    """`name` as DataFusion's table-reference parser must see it to keep it exact: quoted
+    (an unquoted 'Mixed' would fold to 'mixed', 'a.b' would be schema a, table b)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def check_table_name(name: str) -> None:
+    """Any SQL identifier is a table name, within limits every client can handle."""
+    if not name:
+        raise InvalidInput("a table name cannot be empty")
+    if len(name) > MAX_NAME_CHARS:
+        raise InvalidInput(f"a table name is at most {MAX_NAME_CHARS} characters; this one has {len(name)}")
+    if '"' in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise InvalidInput(f"table name {name[:80]!r} holds a double quote or a control character, "
+                           "which table names cannot contain")
+
+
+def folder_name(name: str) -> str:
+    """A new folder for table `name`: a short [a-z0-9_] slug of the name and a unique id."""
+    slug = _NOT_SLUG.sub("_", name.lower()).strip("_")[:SLUG_CHARS].strip("_") or "t"
+    return f"{slug}-{uuid.uuid4().hex[:12]}"
+
+
+def _plain_type(t: pa.DataType) -> pa.DataType:
+    """The type a stored column has: dictionaries decoded (a Parquet table's schema holding
+    a dictionary type cannot be read back through DataFusion's IPC stream), view types as
+    plain utf8/binary; nested types likewise."""
+    if pa.types.is_dictionary(t):
+        return _plain_type(t.value_type)
+    if t == pa.string_view():
+        return pa.string()
+    if t == pa.binary_view():
+        return pa.binary()
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_plain_type(t.value_type)))
+    if pa.types.is_large_list(t):
+        return pa.large_list(t.value_field.with_type(_plain_type(t.value_type)))
+    if pa.types.is_fixed_size_list(t):
+        return pa.list_(t.value_field.with_type(_plain_type(t.value_type)), t.list_size)
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field.with_type(_plain_type(t.key_type)),
+                       t.item_field.with_type(_plain_type(t.item_type)), t.keys_sorted)
+    if pa.types.is_struct(t):
+        return pa.struct([f.with_type(_plain_type(f.type)) for f in t])
+    return t
+
+
+def storage_schema(schema: pa.Schema, table: str) -> pa.Schema:
+    """The schema a table is stored with; refuses what no table can hold."""
+    if len(schema) == 0:
+        raise InvalidInput(f"table '{table}': the rows have no columns; a table needs at least one")
+    seen: set[str] = set()
+    twice = [n for n in schema.names if n in seen or seen.add(n)]
+    if twice:
+        raise InvalidInput(f"table '{table}': column name(s) {', '.join(sorted(set(twice)))} appear more "
+                           "than once; give every column its own name (e.g. SELECT a, a AS a2)")
+    return pa.schema([f.with_type(_plain_type(f.type)) for f in schema], metadata=schema.metadata)
 
 
 def utf8_schema(schema: pa.Schema) -> pa.Schema:
@@ -111,6 +178,19 @@ class TableStore:
 
     # --- start-up ----------------------------------------------------------------------
 
+    def _folder(self, folder: str) -> Path:
+        """The path of a catalog row's folder: one entry of tables/, never anywhere else (a
+        row written by an older version from an unchecked name may say otherwise)."""
+        if not folder or folder in (".", "..") or "/" in folder or "\0" in folder:
+            raise InvalidInput(f"its folder {folder!r} is not a folder of {self.tables_dir}; "
+                               "the table is not loaded")
+        return self.tables_dir / folder
+
+    def _drop_folder(self, folder: str | None) -> None:
+        if folder:
+            with contextlib.suppress(InvalidInput):
+                shutil.rmtree(self._folder(folder), ignore_errors=True)
+
     def load(self) -> list[str]:
         """Register every stored object in DataFusion; returns the problems met (if any)."""
         problems = []
@@ -120,7 +200,7 @@ class TableStore:
         for name, kind, folder, sql in rows:
             try:
                 if kind == "table":
-                    self._register_folder(name, self.tables_dir / folder)
+                    self._register_folder(name, self._folder(folder))
                 else:
                     self.ctx.sql(sql).collect()
             except Exception as exc:  # one broken object must not stop the server
@@ -136,6 +216,8 @@ class TableStore:
             if child.name not in referenced:
                 _remove(child)
                 continue
+            if child.is_symlink() or not child.is_dir():
+                continue  # not a folder this store made: left for load() to report
             for entry in child.iterdir():
                 if entry.name.startswith((".", "_")) or not entry.name.endswith(".parquet") \
                         or not entry.is_file():
@@ -155,10 +237,10 @@ class TableStore:
         return [StoredObject(*r) for r in rows]
 
     def exists_in_session(self, name: str) -> bool:
-        return self.ctx.table_exist(name)
+        return self.ctx.table_exist(table_ref(name))
 
     def table_schema(self, name: str) -> pa.Schema:
-        return utf8_schema(self.ctx.table(name).schema())
+        return utf8_schema(self.ctx.table(table_ref(name)).schema())
 
     # --- tables ------------------------------------------------------------------------
 
@@ -169,10 +251,11 @@ class TableStore:
         mode: 'create' (fails if it exists), 'replace', 'append' (fails if missing),
         'create_append' (append, creating the table if needed).
         """
-        schema = utf8_schema(schema)
+        check_table_name(name)
+        schema = storage_schema(schema, name)
         with self.lock, disk_full_is_exhausted(f"writing table '{name}'"):
             existing = self.get(name)
-            if existing is None and self.ctx.table_exist(name):
+            if existing is None and self.exists_in_session(name):
                 raise AlreadyExists(f"'{name}' is a system table and cannot be written")
             if existing is not None and existing.kind != "table" and mode != "replace":
                 raise AlreadyExists(f"'{name}' is a {existing.kind}, not a table")
@@ -186,7 +269,7 @@ class TableStore:
 
     def _write_new(self, name: str, existing: StoredObject | None,
                    batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
-        folder = f"{name}-{uuid.uuid4().hex[:12]}"
+        folder = folder_name(name)
         staging = self.tables_dir / f"{STAGING_PREFIX}{folder}"
         staging.mkdir()
         try:
@@ -208,11 +291,11 @@ class TableStore:
     def _append(self, existing: StoredObject, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
         """All the rows in one file, renamed into the table's folder: all of them or none."""
         target = self.table_schema(existing.name)
-        folder = self.tables_dir / existing.folder
+        folder = self._folder(existing.folder)
         part = f"part-{uuid.uuid4().hex[:12]}.parquet"
-        tmp = self.tables_dir / f"{STAGING_PREFIX}{existing.folder}-{part}"
+        tmp = self.tables_dir / f"{STAGING_PREFIX}append-{part}"
         try:
-            rows = _write_parquet(tmp, (_conform(b, target, existing.name) for b in batches), target,
+            rows = _write_parquet(tmp, (conform(b, target, existing.name) for b in batches), target,
                                   source_schema=schema, table=existing.name, skip_empty=True)
             if rows:
                 tmp.rename(folder / part)  # the commit point
@@ -235,16 +318,16 @@ class TableStore:
         """After the commit: show the new object to DataFusion, drop the old folder."""
         # Build the new listing table first (listing, schema inference), so the name is
         # missing only for the instant between the two calls below.
-        provider = self._listing_table(self.tables_dir / folder) if kind == "table" else None
-        if self.ctx.table_exist(name):
-            self.ctx.deregister_table(name)
+        provider = self._listing_table(self._folder(folder)) if kind == "table" else None
+        if self.exists_in_session(name):
+            self.ctx.deregister_table(table_ref(name))
         if provider is not None:
-            self.ctx.register_table(name, provider)
-        if existing is not None and existing.folder and existing.folder != folder:
-            shutil.rmtree(self.tables_dir / existing.folder, ignore_errors=True)
+            self.ctx.register_table(table_ref(name), provider)
+        if existing is not None and existing.folder != folder:
+            self._drop_folder(existing.folder)
 
     def _register_folder(self, name: str, folder: Path) -> None:
-        self.ctx.register_table(name, self._listing_table(folder))
+        self.ctx.register_table(table_ref(name), self._listing_table(folder))
 
     def _listing_table(self, folder: Path):
         """A DataFusion listing table over `folder`, built in a scratch context with the
@@ -266,8 +349,8 @@ class TableStore:
                 db.execute("INSERT INTO planner_objects VALUES (?, ?, NULL, ?, ?, ?)",
                            (name, kind, sql, seq, _now()))
                 db.execute("COMMIT")
-            if existing is not None and existing.folder:
-                shutil.rmtree(self.tables_dir / existing.folder, ignore_errors=True)
+            if existing is not None:
+                self._drop_folder(existing.folder)
 
     def drop(self, name: str, kind: str, if_exists: bool) -> bool:
         with self.lock:
@@ -283,10 +366,9 @@ class TableStore:
                 raise NotFound(f"{kind} '{name}' does not exist")
             with self._db() as db:
                 db.execute("DELETE FROM planner_objects WHERE name = ?", (name,))
-            if self.ctx.table_exist(name):
-                self.ctx.deregister_table(name)
-            if existing.folder:
-                shutil.rmtree(self.tables_dir / existing.folder, ignore_errors=True)
+            if self.exists_in_session(name):
+                self.ctx.deregister_table(table_ref(name))
+            self._drop_folder(existing.folder)
             return True
 
 
@@ -305,7 +387,7 @@ class _Closing:
         self.db.close()
 
 
-def _conform(batch: pa.RecordBatch, target: pa.Schema, table: str) -> pa.RecordBatch:
+def conform(batch: pa.RecordBatch, target: pa.Schema, table: str) -> pa.RecordBatch:
     """Match an appended batch to the table's columns, by name, casting where safe."""
     names = set(batch.schema.names)
     missing = [f.name for f in target if f.name not in names and not f.nullable]
@@ -368,7 +450,7 @@ def _write_parquet(path: Path, batches: Iterable[pa.RecordBatch], schema: pa.Sch
 
 def _cast(batch: pa.RecordBatch, schema: pa.Schema, table: str) -> pa.RecordBatch:
     if batch.schema.names != schema.names:
-        return _conform(batch, schema, table)
+        return conform(batch, schema, table)
     try:
         return batch.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -20,6 +22,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from pyarrow import flight
+
+from flight_server import protocol as P
 
 # Kill -9 iterations: each write path is killed this many times at a random moment.
 KILL_ROUNDS = int(os.environ.get("THANOSQL_KILL_ROUNDS", "2"))
@@ -482,3 +487,193 @@ def test_start_sweeps_temp_files_and_keeps_referenced_folders(server):
     assert sorted(c.name for c in tables.iterdir()) == [folder.name]
     with connect(server.url) as conn, conn.cursor() as cur:
         assert rows_of(cur, "SELECT count(*) AS n, max(id) AS m FROM kept") == [{"n": 101, "m": 101}]
+
+
+# --- names, read-only external tables, CREATE TABLE (columns) AS, stored schemas ---------------
+
+FOLDER = re.compile(r"[a-z0-9_]{1,40}-[0-9a-f]{12}")
+
+
+def test_table_names_never_reach_the_file_system(server, tmp_path):
+    # Names that were paths: '/', '..', staging prefixes, over 255 bytes, any case.
+    names = ["a/b", "..", "../../outside/pwn", ".staging-x", "x" * 300, "Mixed Case é", "public.t"]
+    with connect(server.url) as conn, conn.cursor() as cur:
+        for i, name in enumerate(names):
+            quoted = '"' + name + '"'
+            cur.execute(f"CREATE TABLE {quoted} AS SELECT {i} AS a")
+            cur.execute(f"INSERT INTO {quoted} VALUES ({i + 100})")
+        # A streamed ingest whose name climbs out of the data directory through an
+        # existing folder (the reproduction: a table named '.staging-k' made that folder).
+        cur.adbc_ingest(".staging-k", ids_table([1]), mode="create")
+        (folder,) = [c.name for c in (server.data_dir / "tables").iterdir() if "staging_k" in c.name]
+        climbing = f"k-{folder.split('-')[-1]}/../../../outside/pwn"
+        batches = (pa.record_batch({"id": pa.array(range(i * 10, i * 10 + 10), pa.int64())}) for i in range(3))
+        cur.adbc_ingest(climbing, pa.RecordBatchReader.from_batches(ids_table([]).schema, batches), mode="create")
+        for bad, words in ((f'"{"y" * 1100}"', "at most"), ('"a""b"', "double quote"),
+                           ("other.t", "schema public"), ("t LIKE x", "unexpected 'LIKE'")):
+            with pytest.raises(flightsql.ProgrammingError, match="INVALID_ARGUMENT") as info:
+                cur.execute(f"CREATE TABLE {bad} AS SELECT 1 AS a" if "LIKE" not in bad else f"CREATE TABLE {bad}")
+            assert words in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data", "data-server.log"]
+    server.restart()
+    with connect(server.url) as conn, conn.cursor() as cur:
+        for i, name in enumerate(names):
+            assert rows_of(cur, f'SELECT a FROM "{name}" ORDER BY a') == [{"a": i}, {"a": i + 100}]
+        assert rows_of(cur, f'SELECT count(*) AS n FROM "{climbing}"') == [{"n": 30}]
+        assert rows_of(cur, 'SELECT count(*) AS n FROM ".staging-k"') == [{"n": 1}]
+        cur.execute('DROP TABLE "../../outside/pwn"')
+    folders = [c.name for c in (server.data_dir / "tables").iterdir()]
+    assert len(folders) == len(names) + 1 and all(FOLDER.fullmatch(f) for f in folders), folders
+    assert leftovers(server.data_dir) == []
+
+
+def test_old_folders_still_load_and_a_row_pointing_outside_is_refused(start_server, tmp_path):
+    server = start_server()
+    with connect(server.url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE t AS SELECT 7 AS a")
+    server.stop()
+    tables = server.data_dir / "tables"
+    (current,) = list(tables.iterdir())
+    # Folders as older versions named them (`<name>-<id>`, the name verbatim), one of them
+    # looking like staging, and a row whose folder lies outside tables/.
+    old = {"Old Name": "Old Name-0123456789ab", ".staging-k": ".staging-k-0123456789ab",
+           "evil": "../../outside-0123456789ab"}
+    outside = tmp_path / "outside-0123456789ab"
+    for folder in old.values():
+        (tables / folder).mkdir(parents=True)
+        shutil.copy(next(current.glob("*.parquet")), tables / folder / "part-00000.parquet")
+    with sqlite3.connect(server.data_dir / "catalog.sqlite") as db:
+        for seq, (name, folder) in enumerate(old.items(), start=10):
+            db.execute("INSERT INTO planner_objects VALUES (?, 'table', ?, NULL, ?, '2024-01-01T00:00:00Z')",
+                       (name, folder, seq))
+    server.start()
+    with connect(server.url) as conn, conn.cursor() as cur:
+        assert rows_of(cur, 'SELECT a FROM "Old Name"') == [{"a": 7}]
+        assert rows_of(cur, 'SELECT a FROM ".staging-k"') == [{"a": 7}]
+        cur.execute('INSERT INTO ".staging-k" VALUES (8)')
+        assert "evil" not in table_names(cur)
+        cur.execute("DROP TABLE evil")  # its row goes; nothing outside tables/ is touched
+    assert (outside / "part-00000.parquet").exists()
+    server.restart()
+    assert sorted(c.name for c in tables.iterdir()) == sorted([current.name, *list(old.values())[:2]])
+    with connect(server.url) as conn, conn.cursor() as cur:
+        assert rows_of(cur, 'SELECT a FROM ".staging-k" ORDER BY a') == [{"a": 7}, {"a": 8}]
+    assert leftovers(server.data_dir) == [".staging-k-0123456789ab"]  # a committed table's folder
+
+
+def test_external_tables_are_read_only(start_server, tmp_path):
+    root = tmp_path / "ro"
+    (root / "folder").mkdir(parents=True)
+    (root / "single.csv").write_text("a,b\nx,y\n")
+    (root / "folder" / "part.csv").write_text("a,b\nx,y\n")
+    before = {p: p.read_bytes() for p in root.rglob("*") if p.is_file()}
+    server = start_server("--allow-path", str(root))
+    with connect(server.url) as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE EXTERNAL TABLE f STORED AS CSV LOCATION '{root}/folder/' "
+                    "OPTIONS ('format.has_header' 'true')")
+        cur.execute(f"CREATE UNBOUNDED EXTERNAL TABLE u (a VARCHAR, b VARCHAR) STORED AS CSV "
+                    f"LOCATION '{root}/single.csv' OPTIONS ('format.has_header' 'true')")
+        cur.execute("COPY (SELECT 1 AS a) TO 'exports/' STORED AS PARQUET")
+        cur.execute("CREATE EXTERNAL TABLE mine STORED AS PARQUET LOCATION 'exports/'")
+        cur.execute("CREATE TABLE t AS SELECT 1 AS a")
+        cur.execute("CREATE VIEW v AS SELECT * FROM t")
+        for sql in ("INSERT INTO f VALUES ('evil', 'evil')", "INSERT INTO u SELECT 'evil', 'bad'",
+                    "INSERT INTO public.mine VALUES (2)", "INSERT INTO mine SELECT a FROM t"):
+            with pytest.raises(flightsql.Error, match="PermissionDenied") as info:
+                cur.execute(sql)
+            assert "read-only" in str(info.value) and "CREATE TABLE" in str(info.value)
+        with pytest.raises(flightsql.Error, match="view"):
+            cur.execute("INSERT INTO v VALUES (2)")
+        with pytest.raises(flightsql.Error, match="read-only"):
+            cur.execute("INSERT INTO information_schema.tables SELECT * FROM information_schema.tables")
+        with pytest.raises(flightsql.Error, match="read-only"):
+            cur.execute("DELETE FROM mine")
+        with pytest.raises(flightsql.NotSupportedError, match="append-only"):
+            cur.execute("DELETE FROM t")
+        assert rows_of(cur, "SELECT count(*) AS n FROM mine") == [{"n": 1}]
+        cur.execute("CREATE TABLE copied AS SELECT * FROM f")  # the suggested way
+        cur.execute("INSERT INTO copied VALUES ('z', 'z')")
+        assert rows_of(cur, "SELECT count(*) AS n FROM copied") == [{"n": 2}]
+    assert {p: p.read_bytes() for p in root.rglob("*") if p.is_file()} == before
+    assert len(list((server.data_dir / "exports").iterdir())) == 1
+
+
+def test_create_table_with_columns_and_a_query_runs_in_the_engine(start_server):
+    server = start_server("--statement-timeout", "1")
+    with connect(server.url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE src AS SELECT value AS v FROM generate_series(1, 5)")
+        # The query sees the engine's tables (the old scratch context saw none) and its
+        # columns take the declared names and types by position.
+        cur.execute("CREATE TABLE x (a BIGINT NOT NULL, b VARCHAR) AS SELECT v, v * 2 FROM src")
+        cur.execute("SELECT * FROM x ORDER BY a")
+        result = cur.fetch_arrow_table()
+        assert result.schema.names == ["a", "b"] and result.schema.field("b").type == pa.string()
+        assert result.to_pylist()[-1] == {"a": 5, "b": "10"}
+        cur.execute("CREATE TABLE vals (n INT) AS VALUES (1), (2)")
+        assert rows_of(cur, "SELECT sum(n) AS s FROM vals") == [{"s": 3}]
+        cur.execute("CREATE TABLE empty (a INT, b VARCHAR)")
+        assert rows_of(cur, "SELECT count(*) AS n FROM empty") == [{"n": 0}]
+        # The statement timeout applies (it ran unbounded in the scratch context).
+        started = time.monotonic()
+        with pytest.raises(flightsql.Error, match="DEADLINE_EXCEEDED|timeout"):
+            cur.execute("CREATE TABLE slow (n BIGINT) AS SELECT count(*) FROM generate_series(1, 100000000000)")
+        assert time.monotonic() - started < 10
+        for sql, words in (("CREATE TABLE y (a BIGINT, b BIGINT) AS SELECT 1", "2 column(s) are declared"),
+                           ("CREATE TABLE y (a BIGINT NOT NULL) AS SELECT NULL", "NOT NULL"),
+                           ("CREATE TABLE y (a INT) AS SELECT 'nope'", "cannot store")):
+            with pytest.raises(flightsql.ProgrammingError, match="INVALID_ARGUMENT") as info:
+                cur.execute(sql)
+            assert words in str(info.value)
+        assert not {"slow", "y"} & table_names(cur)
+    assert leftovers(server.data_dir) == []
+
+
+def test_stored_schemas_are_plain_unique_and_exact(server):
+    dictionary = pa.table({"d": pa.array(["x", "y", "x"]).dictionary_encode(), "n": [1, 2, 3]})
+    pq.write_table(dictionary, server.data_dir / "dict.parquet")
+    (server.data_dir / "dup.csv").write_text("a,a\n1,2\n")
+    with connect(server.url) as conn, conn.cursor() as cur:
+        # (a) dictionary columns are stored as their values, on every write path.
+        cur.adbc_ingest("ingested", dictionary, mode="create")
+        cur.adbc_ingest("ingested", dictionary.slice(0, 1), mode="append")
+        cur.execute("COPY copied FROM 'dict.parquet'")
+        cur.execute("CREATE TABLE ctas AS SELECT arrow_cast(d, 'Dictionary(Int32, Utf8)') AS d FROM copied")
+        for table, n in (("ingested", 4), ("copied", 3), ("ctas", 3)):
+            cur.execute(f"SELECT d FROM {table}")
+            result = cur.fetch_arrow_table()
+            assert result.schema.field("d").type == pa.string() and result.num_rows == n
+        # (b) a quoted name keeps its case: created, appended to and read as written.
+        cur.execute('CREATE TABLE "Mixed" AS SELECT 1 AS a')
+        cur.execute('INSERT INTO "Mixed" VALUES (2)')
+        cur.adbc_ingest("Mixed", ids_table([3]), mode="create")  # an ingest name folds like SQL
+        assert rows_of(cur, 'SELECT a FROM "Mixed" ORDER BY a') == [{"a": 1}, {"a": 2}]
+        assert rows_of(cur, "SELECT id FROM Mixed") == [{"id": 3}]
+        # (c) duplicate column names are refused on every write path.
+        duplicated = pa.Table.from_arrays([pa.array([1]), pa.array([2])], names=["a", "a"])
+        for write in (lambda: cur.adbc_ingest("dup", duplicated, mode="create"),
+                      lambda: cur.adbc_ingest("copied", duplicated, mode="append"),
+                      lambda: cur.execute("COPY dup FROM 'dup.csv'"),
+                      lambda: cur.execute("CREATE TABLE dup (a INT, a INT)")):
+            with pytest.raises(flightsql.ProgrammingError, match="INVALID_ARGUMENT") as info:
+                write()
+            assert "more than once" in str(info.value) or "duplicate" in str(info.value)
+        # (d) no columns: the ADBC driver sends no message at all, so the server never sees
+        # the call (gRPC's 'Stream finished before first message sent'); nothing is made.
+        with pytest.raises(flightsql.Error):
+            cur.adbc_ingest("nothing", pa.table({}), mode="create")
+        assert not {"dup", "nothing"} & table_names(cur)
+    # A zero-column stream that does reach the server is INVALID_ARGUMENT.
+    client = flight.connect(server.url)
+    options = P.CommandStatementIngest.TableDefinitionOptions
+    command = P.CommandStatementIngest(table="nothing", table_definition_options=options(
+        if_not_exist=options.TABLE_NOT_EXIST_OPTION_CREATE, if_exists=options.TABLE_EXISTS_OPTION_FAIL))
+    writer, reader = client.do_put(flight.FlightDescriptor.for_command(P.pack(command)), pa.schema([]))
+    with pytest.raises(pa.ArrowException, match="INVALID_ARGUMENT.*no columns"):
+        writer.done_writing()
+        reader.read()
+        writer.close()
+    client.close()
+    server.restart()
+    with connect(server.url) as conn, conn.cursor() as cur:
+        assert rows_of(cur, 'SELECT count(*) AS n FROM "Mixed"') == [{"n": 2}]
+        assert rows_of(cur, "SELECT count(*) AS n FROM ingested") == [{"n": 4}]
