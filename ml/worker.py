@@ -67,7 +67,7 @@ class _ProgressRecorder:
             self.recorded = True
 
 
-def _child_main(data_dir, run_id, base, rows, options, out_dir, conn, parent_pid):
+def _child_main(data_dir, run_id, base, rows, options, out_dir, conn, parent_pid, class_name="Wav2Vec2En"):
     """Entry point of the training process: train, report ('ok', summary) or the error."""
     _watch_parent(parent_pid)
     try:
@@ -75,7 +75,9 @@ def _child_main(data_dir, run_id, base, rows, options, out_dir, conn, parent_pid
     except OSError:
         pass
     try:
-        from .wav2vec2 import train
+        from .options import resolve_class
+
+        train = resolve_class(class_name).implementation().train
 
         registry = ModelRegistry(data_dir)
         recorder = _ProgressRecorder(registry, run_id)
@@ -139,7 +141,7 @@ def run_training(registry: ModelRegistry, run: RunInfo, rows, options: dict,
     proc = ctx.Process(
         target=_child_main, name=f"thanosql-train-{run.name}-v{run.version}", daemon=True,
         args=(registry.data_dir, run.run_id, run.base, list(rows), dict(options), run.staging_dir,
-              sender, os.getpid()))
+              sender, os.getpid(), run.class_name or "Wav2Vec2En"))
     try:
         proc.start()
     except BaseException as exc:

@@ -84,12 +84,17 @@ class Engine:
         registry.recover()
         return registry
 
-    def transcriber(self, model_dir: str):
-        """A loaded inference model, kept for the next PREDICT (the last few are cached)."""
-        from ml.wav2vec2 import Transcriber
+    def transcriber(self, model_dir: str, class_name: str = "Wav2Vec2En", options: dict | None = None):
+        """A loaded inference model, kept for the next PREDICT (the last few are cached).
+
+        The model class's module loads it (``load_transcriber``); the options that change
+        what is loaded (``transcriber_key``, e.g. Whisper's compute_type) are part of the key."""
+        from ml.options import resolve_class
+        impl = resolve_class(class_name).implementation()
+        key = model_dir + "\0" + repr(impl.transcriber_key(options or {}))
         with self._transcribers_lock:
-            cached = self._transcribers.pop(model_dir, None) or Transcriber(model_dir)
-            self._transcribers[model_dir] = cached
+            cached = self._transcribers.pop(key, None) or impl.load_transcriber(model_dir, options or {})
+            self._transcribers[key] = cached
             while len(self._transcribers) > TRANSCRIBER_CACHE_SIZE:
                 self._transcribers.pop(next(iter(self._transcribers)))
             return cached

@@ -32,7 +32,7 @@ TRAIN_RESULT_SCHEMA = pa.schema([
     ("audio_seconds", pa.float64()), ("seconds", pa.float64()), ("skipped_rows", pa.int64()),
 ])
 METRICS_SCHEMA = pa.schema([pa.field("metric", pa.string(), nullable=False),
-                            pa.field("score", pa.float64())])
+                            pa.field("score", pa.float64()), pa.field("detail", pa.string())])
 
 
 @contextlib.contextmanager
@@ -97,6 +97,8 @@ def _plan(engine, statement: Any) -> Plan:
         from planner import datasets
         datasets.check_request(statement.name, statement.options)
         return update_plan(GetDatasetPlan, statement=statement)
+    if isinstance(statement, st.GetModel):
+        return GetModelPlan.prepare(engine, statement)
     if isinstance(statement, (st.BuildModel, st.FitModel)):
         return TrainNode.prepare(engine, statement)
     if isinstance(statement, st.Predict):
@@ -222,6 +224,7 @@ class TrainNode(Plan):
             return self._run(engine, params, cancel)
 
     def _run(self, engine, params, cancel: CancelToken):
+        from ml import options as ml_options
         from ml import worker
         audio_col, text_col = self.options["audio_col"], self.options["text_col"]
         data = _collect_columns(engine, self.df.dataframe(engine, params), [audio_col, text_col], cancel)
@@ -235,7 +238,7 @@ class TrainNode(Plan):
                                    f"{'NULL' if text is None else 'empty'} (audio '{paths[i]}')")
         # Every file is checked from its header here, before a run is registered or a worker
         # started: a missing, corrupt, too short or too long file fails fast, naming its row.
-        from ml.wav2vec2 import screen_training_rows
+        screen_training_rows = ml_options.resolve_class(self.class_name).implementation().screen_training_rows
         kept, _, skipped = screen_training_rows(paths, max_seconds=self.options["max_duration"],
                                                 skip_long=self.options["too_long"] == "skip")
         if not kept:
@@ -265,6 +268,7 @@ class InferenceNode(Plan):
     statement: Any = None
     options: dict = field(default_factory=dict)
     model_dir: str = ""
+    class_name: str = ""
     df: Any = None
 
     def explain(self) -> str:
@@ -287,7 +291,8 @@ class PredictNode(InferenceNode):
     @classmethod
     def prepare(cls, engine, statement) -> "PredictNode":
         from ml import options as ml_options
-        options = ml_options.validate(engine.registry.class_of(statement.model), "predict", statement.options)
+        class_name = engine.registry.class_of(statement.model)
+        options = ml_options.validate(class_name, "predict", statement.options)
         df = _inner(engine, statement.query)
         schema = df.schema()
         _require_columns(schema, {"audio_col": options["audio_col"]}, "PREDICT")
@@ -302,13 +307,13 @@ class PredictNode(InferenceNode):
                 raise InvalidInput(f"PREDICT: the query already has a column '{name}'; "
                                    f"choose another OPTIONS ({option}=...)")
             out = out.append(pa.field(name, pa.string()))
-        return cls(dataset_schema=out, statement=statement, options=options,
+        return cls(dataset_schema=out, statement=statement, options=options, class_name=class_name,
                    model_dir=str(engine.registry.model_dir(statement.model)), df=df,
                    parameter_schema=df.parameter_schema)
 
     def run(self, engine, params, cancel):
         with ml_errors():
-            transcriber = engine.transcriber(self.model_dir)
+            transcriber = engine.transcriber(self.model_dir, self.class_name, self.options)
         reader = stream_dataframe(self.df.dataframe(engine, params), cancel)
         return pa.RecordBatchReader.from_batches(self.dataset_schema,
                                                  self._batches(engine, transcriber, reader, cancel))
@@ -335,7 +340,8 @@ class PredictNode(InferenceNode):
                 with ml_errors():
                     texts = transcriber.transcribe(paths, self.options["batch_size"], row_offset=offset,
                                                    should_stop=cancel.is_set,
-                                                   max_seconds=self.options["max_duration"], errors=errors)
+                                                   max_seconds=self.options["max_duration"], errors=errors,
+                                                   options=self.options)
                 cancel.check()
                 offset += chunk.num_rows
                 columns = [*chunk.columns, pa.array(texts, pa.string())]
@@ -351,11 +357,12 @@ class EvaluateNode(InferenceNode):
     @classmethod
     def prepare(cls, engine, statement) -> "EvaluateNode":
         from ml import options as ml_options
-        options = ml_options.validate(engine.registry.class_of(statement.model), "evaluate", statement.options)
+        class_name = engine.registry.class_of(statement.model)
+        options = ml_options.validate(class_name, "evaluate", statement.options)
         df = _inner(engine, statement.query)
         _require_columns(df.schema(), {"audio_col": options["audio_col"],
                                                     "text_col": options["text_col"]}, "EVALUATE")
-        return cls(dataset_schema=METRICS_SCHEMA, statement=statement, options=options,
+        return cls(dataset_schema=METRICS_SCHEMA, statement=statement, options=options, class_name=class_name,
                    model_dir=str(engine.registry.model_dir(statement.model)), df=df,
                    parameter_schema=df.parameter_schema)
 
@@ -378,13 +385,15 @@ class EvaluateNode(InferenceNode):
                 raise InvalidInput(f"row {i}: the reference transcript in column '{text_col}' is NULL "
                                    f"(audio '{paths[i]}'); filter such rows out, e.g. WHERE {text_col} "
                                    "IS NOT NULL")
-        transcriber = engine.transcriber(self.model_dir)
+        transcriber = engine.transcriber(self.model_dir, self.class_name, self.options)
         stats: dict = {}
         hyps = transcriber.transcribe(paths, self.options["batch_size"], should_stop=cancel.is_set,
-                                      max_seconds=self.options["max_duration"], stats=stats)
+                                      max_seconds=self.options["max_duration"], stats=stats, options=self.options)
         cancel.check()
-        scores = metrics.metrics_table(metrics.score(data[text_col], hyps, stats["audio_seconds"]))
-        return pa.RecordBatchReader.from_batches(METRICS_SCHEMA, scores.cast(METRICS_SCHEMA).to_batches())
+        normalizer = self.options["normalizer"]
+        scores = metrics.score(data[text_col], hyps, stats["audio_seconds"], normalizer=normalizer)
+        table = metrics.metrics_table(scores, normalizer=normalizer)
+        return pa.RecordBatchReader.from_batches(METRICS_SCHEMA, table.cast(METRICS_SCHEMA).to_batches())
 
 
 @dataclass
@@ -426,6 +435,50 @@ class DeleteModelPlan(Plan):
                 engine.registry.model_dir(self.statement.name)  # raises NotFound listing the models
             engine.registry.delete(self.statement.name)
         engine.forget_transcribers(self.statement.name)
+        return 1
+
+
+GET_MODEL_OPTIONS = {"model_name": "name of the model to register (default: the pretrained model's name)",
+                     "overwrite": "True to register a new version when the name is taken"}
+
+
+@dataclass
+class GetModelPlan(Plan):
+    """GET THANOSQL MODEL: register packaged pretrained weights as a ready model version."""
+    statement: Any = None
+    model_name: str = ""
+    overwrite: bool = False
+
+    @classmethod
+    def prepare(cls, engine, statement) -> "GetModelPlan":
+        from ml.options import pretrained_class
+        pretrained_class(statement.name)  # an unknown name fails now, listing the known ones
+        opts = {str(k).lower(): v for k, v in statement.options.items()}
+        unknown = sorted(set(opts) - set(GET_MODEL_OPTIONS))
+        if unknown:
+            raise InvalidInput(f"unknown GET THANOSQL MODEL option(s) {', '.join(unknown)}; valid: "
+                               + ", ".join(GET_MODEL_OPTIONS))
+        name = opts.get("model_name", statement.name)
+        overwrite = opts.get("overwrite", False)
+        if not isinstance(name, str) or not name.strip():
+            raise InvalidInput("GET THANOSQL MODEL: model_name must be a non-empty string")
+        if not isinstance(overwrite, bool):
+            raise InvalidInput("GET THANOSQL MODEL: overwrite must be True or False")
+        if not overwrite and engine.registry.exists(name.strip()):
+            raise AlreadyExists(f"model '{name.strip()}' already exists; use GET THANOSQL MODEL {statement.name} "
+                                "OPTIONS (overwrite=True) for a new version of it, or model_name='...' for another name")
+        return update_plan(cls, statement=statement, model_name=name.strip(), overwrite=overwrite)
+
+    def run(self, engine, params, cancel):
+        from ml.options import pretrained_class
+        with ml_errors():
+            cls = pretrained_class(self.statement.name)
+            impl = cls.implementation()
+            engine.registry.register_folder(
+                self.model_name, cls.name, lambda staging: impl.install_pretrained(self.statement.name, staging),
+                options={"pretrained": self.statement.name}, base_model=self.statement.name,
+                overwrite=self.overwrite, input_query=f"GET THANOSQL MODEL {self.statement.name}")
+        engine.forget_transcribers(self.model_name)
         return 1
 
 

@@ -116,6 +116,12 @@ class GetDataset:
 
 
 @dataclass(frozen=True)
+class GetModel:
+    name: str  # a pretrained model LIST THANOSQL MODEL shows (whisper_tiny_en, ...)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class BuildModel:
     name: str
     class_name: str
@@ -351,8 +357,11 @@ def _parse_own(cur: _Cursor) -> Any:
     if word == "GET":
         cur.accept("GET")
         cur.expect("THANOSQL", "GET THANOSQL DATASET")
-        if cur.word() == "MODEL":
-            raise Unsupported("GET THANOSQL MODEL is not supported yet: BUILD MODEL with base_model instead")
+        if cur.accept("MODEL"):
+            name = cur.name("a pretrained model name such as whisper_tiny_en")
+            options = _options(cur)
+            cur.done("GET THANOSQL MODEL")
+            return GetModel(name, options)
         cur.expect("DATASET", "GET THANOSQL DATASET")
         name = cur.name("a dataset name")
         options = _options(cur)

