@@ -86,9 +86,9 @@ def error_counts(references, hypotheses, normalizer: str = "basic") -> dict:
     }
 
 
-def wer(references, hypotheses) -> float:
+def wer(references, hypotheses, normalizer: str = "basic") -> float:
     """Corpus word error rate (0.0 = perfect; can exceed 1.0 with insertions)."""
-    return error_counts(references, hypotheses).get("wer", 0.0)
+    return error_counts(references, hypotheses, normalizer).get("wer", 0.0)
 
 
 def cer(references, hypotheses) -> float:

@@ -41,8 +41,12 @@ def test_demo_runs_the_tutorial_end_to_end_with_the_small_checkpoint(tmp_path):
     assert re.search(r"rows_affected\s+0\s+120", out)
     assert "(100 rows; first 5 shown)" in out and "predict_result" in out
     assert re.search(r"status\s+ready", out) and re.search(r"\bwer\b", out)
-    for phase in ("setup", "dataset", "BUILD", "PREDICT", "EVALUATE", "total"):
+    for phase in ("setup", "dataset", "BUILD", "PREDICT", "EVALUATE", "Whisper PREDICT", "Whisper EVALUATE", "total"):
         assert re.search(rf"{phase}:\s+\d+\.\d s", out), phase
+    # Whisper's part is real speech recognition: a real transcript and a real WER.
+    assert "Whisper PREDICT (real transcripts)" in out and "Mrs. Vickers" in out
+    wer = float(re.search(r"EVALUATE \(WER.*?\n.*?\n.*?\bwer\s+([0-9.]+)", out, re.S).group(1))
+    assert wer <= 0.10, out
     assert "13/13 steps" in err and "PREDICT my_asr_model" in err  # the progress bars
     audio = list((tmp_path / "data" / "thanosql-dataset" / "librispeech_data" / "audio").iterdir())
     assert len(audio) == 120

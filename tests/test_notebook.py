@@ -49,4 +49,6 @@ def test_notebook_runs_headless(start_server, tiny_checkpoint, tmp_path, monkeyp
     assert "predict_result" in output_of('result[["text", "predict_result"]]')
     assert "wer" in output_of("EVALUATE USING my_asr_model")
     assert "learning_rate" in output_of("thanosql.training_info")
+    assert "Mrs. Vickers" in output_of("PREDICT USING whisper_tiny_en")  # real weights, real words
+    assert "normalizer" in output_of("EVALUATE USING whisper_tiny_en")
     assert not Path(tmp_path / "thanosql-data").exists()  # THANOSQL_URL was used, no local server
