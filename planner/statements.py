@@ -15,7 +15,7 @@ from sqlglot.errors import TokenError
 from sqlglot.tokens import Token, Tokenizer, TokenType
 
 from planner.errors import InvalidInput, Unsupported
-from planner.limits import check_expression_depth
+from planner.limits import check_statement
 
 
 # --- statement kinds -------------------------------------------------------------------
@@ -258,7 +258,7 @@ def _tokenize(sql: str) -> list[Token]:
         raise InvalidInput("one statement per request, please: this text holds several (separated by ';')")
     if not tokens:
         raise InvalidInput("the SQL text is empty")
-    check_expression_depth(tokens)
+    check_statement(sql, tokens)
     return tokens
 
 
