@@ -97,6 +97,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 import secrets
 import traceback
 
@@ -133,13 +134,7 @@ CODE_NAMES = {
     INTERNAL: "Internal", UNAVAILABLE: "Unavailable", UNAUTHENTICATED: "Unauthenticated",
 }
 # ErrorInfo reasons are UPPER_SNAKE_CASE: the status names of the gRPC specification.
-REASONS = {
-    CANCELLED: "CANCELLED", UNKNOWN: "UNKNOWN", INVALID_ARGUMENT: "INVALID_ARGUMENT",
-    DEADLINE_EXCEEDED: "DEADLINE_EXCEEDED", NOT_FOUND: "NOT_FOUND", ALREADY_EXISTS: "ALREADY_EXISTS",
-    PERMISSION_DENIED: "PERMISSION_DENIED", RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
-    FAILED_PRECONDITION: "FAILED_PRECONDITION", UNIMPLEMENTED: "UNIMPLEMENTED",
-    INTERNAL: "INTERNAL", UNAVAILABLE: "UNAVAILABLE", UNAUTHENTICATED: "UNAUTHENTICATED",
-}
+REASONS = {code: re.sub(r"(?<!^)(?=[A-Z])", "_", name).upper() for code, name in CODE_NAMES.items()}
 ERROR_DOMAIN = "thanosql"
 
 
