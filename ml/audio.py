@@ -48,6 +48,12 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def _not_regular(mode: int) -> str:
+    kind = _kind(mode)
+    return ("is not a regular file" if kind == "not a regular file" else f"is {kind}, not an audio file") \
+        + "; only regular files are read"
+
+
 def _check_path(path, row):
     if path is None:
         raise _fail(path, row, "path is NULL")
@@ -59,7 +65,7 @@ def _check_path(path, row):
     except OSError as exc:
         raise _fail(path, row, f"cannot be read ({exc.strerror or exc})") from None
     if not stat.S_ISREG(st.st_mode):
-        raise _fail(path, row, f"is {_kind(st.st_mode)}, not an audio file; only regular files are read")
+        raise _fail(path, row, _not_regular(st.st_mode))
     if st.st_size == 0:
         raise _fail(path, row, "file is empty (0 bytes)")
     return path
@@ -78,7 +84,7 @@ def _open(path, row):
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _fail(path, row, f"is {_kind(st.st_mode)}, not an audio file; only regular files are read")
+            raise _fail(path, row, _not_regular(st.st_mode))
         if st.st_size == 0:
             raise _fail(path, row, "file is empty (0 bytes)")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)

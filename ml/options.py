@@ -9,6 +9,7 @@ the result carries every default, so the trainer never guesses.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,11 +21,23 @@ from .errors import BadOptions, UnknownModelClass
 STATEMENTS = ("build", "fit", "predict", "evaluate")
 DEFAULT_BASE_MODEL = "facebook/wav2vec2-base-960h"
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+#: Bound of every integer option without a tighter one (they reach torch, numpy and
+#: CTranslate2 as C int64s: a larger value overflows there, long after the statement started).
+INT64_MAX = 2 ** 63 - 1
+#: Smallest positive normal float32 (torch trains in float32): a positive option below it is 0
+#: or denormal there, e.g. max_grad_norm=1e-320 would silently zero every gradient.
+FLOAT32_TINY = 1.1754943508222875e-38
 
 
 def default_base_model() -> str:
     """``THANOSQL_BASE_MODEL`` if set (a folder or hub id), else facebook/wav2vec2-base-960h."""
     return os.environ.get("THANOSQL_BASE_MODEL") or DEFAULT_BASE_MODEL
+
+
+def _shown(value) -> str:
+    """``repr(value)``, cut short: an error quotes a bad value, not all of it."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -66,9 +79,14 @@ class Option:
         }[self.kind](value)
         if not ok:
             raise BadOptions(f"option '{self.name}'{where} must be {self.type_name()}, "
-                             f"got {type(value).__name__} {value!r}")
+                             f"got {type(value).__name__} {_shown(value)}")
         if self.kind == "float":
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an int of hundreds of digits
+                value = math.inf
+            if not math.isfinite(value):
+                raise BadOptions(f"option '{self.name}'{where} must be a finite number, got {_shown(value)}")
         if self.kind == "precision":
             value = ("auto" if value else "no") if isinstance(value, bool) else value.lower()
         if self.kind == "str" and not value.strip():
@@ -76,13 +94,17 @@ class Option:
         if self.choices:
             if value.strip().lower() not in self.choices:
                 raise BadOptions(f"option '{self.name}'{where} must be one of "
-                                 + ", ".join(repr(c) for c in self.choices) + f", got {value!r}")
+                                 + ", ".join(repr(c) for c in self.choices) + f", got {_shown(value)}")
             value = value.strip().lower()
         if self.minimum is not None and (value < self.minimum or (self.min_exclusive and value == self.minimum)):
             op = ">" if self.min_exclusive else ">="
-            raise BadOptions(f"option '{self.name}'{where} must be {op} {self.minimum}, got {value!r}")
-        if self.maximum is not None and value > self.maximum:
-            raise BadOptions(f"option '{self.name}'{where} must be <= {self.maximum}, got {value!r}")
+            raise BadOptions(f"option '{self.name}'{where} must be {op} {self.minimum}, got {_shown(value)}")
+        maximum = INT64_MAX if self.kind == "int" and self.maximum is None else self.maximum
+        if maximum is not None and value > maximum:
+            raise BadOptions(f"option '{self.name}'{where} must be <= {maximum}, got {_shown(value)}")
+        if self.kind == "float" and self.min_exclusive and self.minimum == 0 and 0 < value < FLOAT32_TINY:
+            raise BadOptions(f"option '{self.name}'{where} must be > 0 and at least {FLOAT32_TINY:.3g} "
+                             f"(a smaller number is 0 in float32), got {_shown(value)}")
         return value
 
 
@@ -98,13 +120,15 @@ _TRAIN = (
     _TEXT_COL,
     _o("batch_size", "int", 16, "utterances per optimizer step", minimum=1),
     _o("epochs", "int", 5, "passes over the training rows", aliases=("max_epochs",), minimum=1),
-    _o("learning_rate", "float", 1e-4, "peak AdamW learning rate", minimum=0.0, min_exclusive=True),
+    _o("learning_rate", "float", 1e-4, "peak AdamW learning rate, in (0, 1]", minimum=0.0, min_exclusive=True,
+       maximum=1.0),
     _o("overwrite", "bool", False, "replace an existing model of the same name (as a new version)"),
-    _o("seed", "int", 42, "random seed (batch order, dropout, SpecAugment)", minimum=0),
+    _o("seed", "int", 42, "random seed (batch order, dropout, SpecAugment), 0 to 2**32 - 1", minimum=0,
+       maximum=2 ** 32 - 1),
     _o("warmup_ratio", "float", 0.1, "fraction of steps spent warming the learning rate up",
        minimum=0.0, maximum=1.0),
     _o("max_grad_norm", "float", 1.0, "gradient clipping norm", minimum=0.0, min_exclusive=True),
-    _o("weight_decay", "float", 0.0, "AdamW weight decay", minimum=0.0),
+    _o("weight_decay", "float", 0.0, "AdamW weight decay, 0 to 1", minimum=0.0, maximum=1.0),
     _o("mixed_precision", "precision", "auto",
        "'auto' = bf16/fp16 autocast on a GPU, fp32 on CPU", aliases=("fp16",)),
     _o("freeze_feature_encoder", "bool", True, "keep the convolutional feature encoder fixed"),

@@ -30,7 +30,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 
 from .audio import SAMPLE_RATE, audio_info, check_duration, load_audio, samples_16k, stream_audio
-from .errors import AudioError, AudioTooLong, Cancelled, MLError, TrainingCancelled, TrainingFailed
+from .errors import AudioError, AudioTooLong, BadOptions, Cancelled, MLError, TrainingCancelled, TrainingFailed
 from .text import charset_of, normalize
 
 # libgomp threads spin while they wait at a barrier; when the CPUs are shared (a training
@@ -536,6 +536,30 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _check_finite(model, steps: int, skipped: int, last_finite: bool, opts: dict) -> None:
+    """Refuse to save a diverged model: the last step's loss was NaN or infinite, or a trained
+    weight is.  Steps with a non-finite loss are skipped (no update), so a run may recover from a
+    few; one that ends on such a step, or with non-finite weights, produced nothing usable.
+
+    BadOptions (INVALID_ARGUMENT): the same rows and options diverge again (the seed is fixed).
+    """
+    import torch
+
+    bad_weights = [name for name, p in model.named_parameters()
+                   if p.requires_grad and not bool(torch.isfinite(p.detach()).all())]
+    if last_finite and not bad_weights:
+        return
+    if bad_weights:
+        what = (f"{len(bad_weights)} trained weight tensor(s) hold NaN or infinite values "
+                f"(e.g. {bad_weights[0]})")
+    else:
+        what = f"the loss of its last step (step {steps}) was NaN or infinite"
+    raise BadOptions(f"training diverged: {what}; {skipped} of {steps} steps had a non-finite loss. "
+                     "Nothing was saved: the run is marked failed. Try a lower learning_rate (it was "
+                     f"{opts['learning_rate']:g}) or max_grad_norm ({opts['max_grad_norm']:g}), or check "
+                     "that the base model's weights are finite")
+
+
 def _resolve_precision(requested: str, device) -> str:
     import torch
 
@@ -632,6 +656,7 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
 
     step = 0
     skipped = 0
+    last_finite = True
     audio_done = 0.0
     epoch_losses: list[float] = []
     first_loss = None
@@ -656,7 +681,8 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 out = model(values, attention_mask=mask if use_mask else None, labels=label_t)
             loss = out.loss
-            if not torch.isfinite(loss):
+            last_finite = bool(torch.isfinite(loss))
+            if not last_finite:
                 skipped += 1
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
@@ -684,8 +710,7 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
             if progress_callback is not None:
                 progress_callback(step, round(epoch_pos, 4), loss_value, lr_now, audio_done,
                                   time.monotonic() - started)
-    if not epoch_losses and first_loss is None:
-        raise TrainingFailed(f"every one of {step} training steps had a non-finite loss")
+    _check_finite(model, step, skipped, last_finite, opts)
 
     model.eval()
     os.makedirs(out_dir, exist_ok=True)

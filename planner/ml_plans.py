@@ -152,6 +152,37 @@ def _require_columns(schema: pa.Schema, columns: dict[str, str], statement: str)
                                f"result; its columns are: {', '.join(schema.names)}")
 
 
+_EXPECTED = {"audio_col": "a string column of audio file paths",
+             "text_col": "a string column of transcripts"}
+
+
+def _is_text(dtype: pa.DataType) -> bool:
+    """A string type (any width, a dictionary of strings) or NULL (every row NULL: each row's
+    error says so)."""
+    if pa.types.is_dictionary(dtype):
+        dtype = dtype.value_type
+    return (pa.types.is_string(dtype) or pa.types.is_large_string(dtype) or pa.types.is_string_view(dtype)
+            or pa.types.is_null(dtype))
+
+
+def _require_text_columns(schema: pa.Schema, columns: dict[str, str], statement: str) -> None:
+    """At prepare time: audio_col and text_col exist and hold strings (an integer is no path,
+    bytes no transcript), or InvalidInput naming the column, its type and what is expected."""
+    _require_columns(schema, columns, statement)
+    for option, name in columns.items():
+        dtype = schema.field(name).type
+        if not _is_text(dtype):
+            raise InvalidInput(f"{statement}: column '{name}' (option {option}) is of type {dtype}; "
+                               f"expected {_EXPECTED.get(option, 'a string column')} (a string type such as "
+                               f"VARCHAR; cast it, e.g. CAST({name} AS VARCHAR), if that is what it holds)")
+
+
+def _text_value(value: Any, what: str, row: int) -> None:
+    """At execute time (a `$n` parameter can bind any type): a value must be a string."""
+    if value is not None and not isinstance(value, str):
+        raise InvalidInput(f"row {row}: the {what} is of type {type(value).__name__}, not a string")
+
+
 def _explain(node_line: str, df) -> str:
     inner = df.logical_plan().display_indent().rstrip()  # df: an InnerQuery
     return node_line + "\n" + "\n".join("  " + line for line in inner.splitlines())
@@ -162,7 +193,8 @@ def _audio_paths(engine, values: list[Any], row_offset: int) -> list[str]:
     (symlinks resolved per file); a FIFO, socket or device is refused before it is opened."""
     paths = []
     for i, value in enumerate(values):
-        if value is None or str(value).strip() == "":
+        _text_value(value, "audio path", row_offset + i)
+        if value is None or value.strip() == "":
             raise InvalidInput(f"row {row_offset + i}: the audio path is empty")
         paths.append(str(engine.policy.audio_file(str(value), row=row_offset + i)))
     return paths
@@ -206,9 +238,8 @@ class TrainNode(Plan):
                 raise AlreadyExists(f"model '{statement.name}' already exists; set OPTIONS (overwrite=True) "
                                     "to replace it, or FIT MODEL to train it further")
         df = _inner(engine, statement.query)
-        _require_columns(df.schema(), {"audio_col": options["audio_col"],
-                                                    "text_col": options["text_col"]},
-                         type(statement).__name__)
+        _require_text_columns(df.schema(), {"audio_col": options["audio_col"], "text_col": options["text_col"]},
+                              "FIT MODEL" if isinstance(statement, st.FitModel) else "BUILD MODEL")
         return cls(dataset_schema=TRAIN_RESULT_SCHEMA, statement=statement, options=options,
                    class_name=class_name, base_model=base_model, df=df,
                    parameter_schema=df.parameter_schema)
@@ -233,7 +264,8 @@ class TrainNode(Plan):
         paths = _audio_paths(engine, data[audio_col], 0)
         texts = data[text_col]
         for i, text in enumerate(texts):
-            if text is None or not str(text).strip():
+            _text_value(text, f"transcript in column '{text_col}'", i)
+            if text is None or not text.strip():
                 raise InvalidInput(f"row {i}: the transcript in column '{text_col}' is "
                                    f"{'NULL' if text is None else 'empty'} (audio '{paths[i]}')")
         # Every file is checked from its header here, before a run is registered or a worker
@@ -295,7 +327,7 @@ class PredictNode(InferenceNode):
         options = ml_options.validate(class_name, "predict", statement.options)
         df = _inner(engine, statement.query)
         schema = df.schema()
-        _require_columns(schema, {"audio_col": options["audio_col"]}, "PREDICT")
+        _require_text_columns(schema, {"audio_col": options["audio_col"]}, "PREDICT")
         added = [("result_col", options["result_col"])]
         if options["on_error"] == "null":
             added.append(("error_col", options["error_col"]))
@@ -360,8 +392,8 @@ class EvaluateNode(InferenceNode):
         class_name = engine.registry.class_of(statement.model)
         options = ml_options.validate(class_name, "evaluate", statement.options)
         df = _inner(engine, statement.query)
-        _require_columns(df.schema(), {"audio_col": options["audio_col"],
-                                                    "text_col": options["text_col"]}, "EVALUATE")
+        _require_text_columns(df.schema(), {"audio_col": options["audio_col"], "text_col": options["text_col"]},
+                              "EVALUATE")
         return cls(dataset_schema=METRICS_SCHEMA, statement=statement, options=options, class_name=class_name,
                    model_dir=str(engine.registry.model_dir(statement.model)), df=df,
                    parameter_schema=df.parameter_schema)
@@ -381,6 +413,7 @@ class EvaluateNode(InferenceNode):
         # transcript of that row as all insertions, silently.  An empty string is a valid
         # reference (silence) and is scored.
         for i, text in enumerate(data[text_col]):
+            _text_value(text, f"reference transcript in column '{text_col}'", i)
             if text is None:
                 raise InvalidInput(f"row {i}: the reference transcript in column '{text_col}' is NULL "
                                    f"(audio '{paths[i]}'); filter such rows out, e.g. WHERE {text_col} "
@@ -408,9 +441,12 @@ class PrintAudioNode(Plan):
         if unknown:
             raise InvalidInput(f"unknown PRINT AUDIO option(s) {', '.join(sorted(unknown))}; valid: audio_col")
         audio_col = statement.options.get("audio_col", "audio")
+        if not isinstance(audio_col, str) or not audio_col.strip():
+            raise InvalidInput(f"PRINT AUDIO: option audio_col must be a column name as a non-empty string, "
+                               f"got {audio_col!r}"[:300])
         df = _inner(engine, statement.query)
         schema = df.schema()
-        _require_columns(schema, {"audio_col": audio_col}, "PRINT AUDIO")
+        _require_text_columns(schema, {"audio_col": audio_col}, "PRINT AUDIO")
         return cls(dataset_schema=schema.with_metadata({"thanosql.audio_col": audio_col}),
                    audio_col=audio_col, df=df, parameter_schema=df.parameter_schema)
 

@@ -154,8 +154,9 @@ class PathPolicy:
             return resolved
         if not stat.S_ISREG(mode):
             where = f"row {row}: " if row is not None else ""
-            raise PermissionDenied(f"{where}audio path '{value}' ({resolved}) is {_kind(mode)}, "
-                                   "not a regular file; it is not read")
+            kind = "a directory" if stat.S_ISDIR(mode) else _kind(mode)
+            what = "not a regular file" if kind == "not a regular file" else f"{kind}, not a regular file"
+            raise PermissionDenied(f"{where}audio path '{value}' ({resolved}) is {what}; it is not read")
         return resolved
 
     @staticmethod

@@ -8,6 +8,8 @@ DataFusion unchanged; everything that is not ours (or a DDL we must persist) is 
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -551,11 +553,14 @@ def _options(cur: _Cursor) -> dict[str, Any]:
         if key in options:
             raise InvalidInput(f"option '{key}' is given twice")
         _expect_token(cur, TokenType.EQ, f"OPTIONS: '=' after '{key_tok.text}'")
+        first = cur.peek()
         options[key] = _literal(cur, key)
         tok = cur.peek()
         if tok and tok.token_type == TokenType.COMMA:
             cur.i += 1
             continue
+        if tok is not None and tok.token_type != TokenType.R_PAREN:
+            _not_one_literal(cur, key, first, tok)
         _expect_token(cur, TokenType.R_PAREN, "OPTIONS: ',' or ')'")
         return options
 
@@ -569,44 +574,112 @@ def _expect_token(cur: _Cursor, kind: TokenType, context: str) -> None:
 
 
 _OPEN = {TokenType.L_BRACKET: TokenType.R_BRACKET, TokenType.L_PAREN: TokenType.R_PAREN}
+_CLOSE = (TokenType.COMMA, TokenType.R_PAREN, TokenType.R_BRACKET)
+# A number as Python writes one, without its sign ('-' is a token of its own): 8, 1.5, 5., .5, 1e-4.
+_INT_TEXT = re.compile(r"[0-9]+")
+_NUMBER_TEXT = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+_SHOWN = 60  # characters of a bad value quoted in an error
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
+
+
+def _run(cur: _Cursor, first: int) -> tuple[str, int]:
+    """The text of tokens[first] and every token written after it with no space between
+    (``1e5e5``, ``0x10``, ``1-1``, ``b'1'``), up to a comma or a closing bracket, and the
+    index of the run's last token: a reader sees one word, so it is checked as one."""
+    last = first
+    while (last + 1 < len(cur.tokens) and cur.tokens[last + 1].start == cur.tokens[last].end + 1
+           and cur.tokens[last + 1].token_type not in _CLOSE):
+        last += 1
+    return cur.sql[cur.tokens[first].start:cur.tokens[last].end + 1], last
+
+
+def _not_one_literal(cur: _Cursor, key: str, first: Token | None, found: Token) -> None:
+    """Refuse a value that goes on after its literal (``1 - 1``, ``'a' 'b'``, ``[1 2]``)."""
+    written = cur.sql[first.start:found.start].strip() if first is not None else ""
+    raise InvalidInput(f"option '{key}' must be exactly one literal (a number, 'text', True/False, NULL or "
+                       f"a [list]); its value {_shown(written)} is followed by {_shown(found.text)} "
+                       "(expressions are not evaluated)")
+
+
+def _number(cur: _Cursor, key: str) -> int | float:
+    """The number starting at the current token (NUMBER, or DOT before digits): an int, or a
+    finite float; anything glued to it, or a value that overflows, is InvalidInput."""
+    text, last = _run(cur, cur.i)
+    cur.i = last + 1
+    if not _NUMBER_TEXT.fullmatch(text):
+        raise InvalidInput(f"option '{key}' has value {_shown(text)}, which is not one number; write a "
+                           "plain number such as 8, 0.5 or 1e-4 (no expressions, hex or suffixes)")
+    if _INT_TEXT.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:  # more digits than Python converts (4,300)
+            raise InvalidInput(f"option '{key}' has an integer of {len(text)} digits, far out of range") from None
+    value = float(text)
+    if not math.isfinite(value):
+        raise InvalidInput(f"option '{key}' has value {_shown(text)}, which is too large for a number "
+                           "(it overflows to infinity)")
+    if value == 0.0 and re.search(r"[1-9]", re.split(r"[eE]", text)[0]):
+        raise InvalidInput(f"option '{key}' has value {_shown(text)}, which is too small for a number "
+                           "(it underflows to 0)")
+    return value
 
 
 def _literal(cur: _Cursor, key: str) -> Any:
-    """A Python-like literal: 'text', 8, 1e-4, -3, True/False, None, [a, b] or (a, b)."""
+    """Exactly one Python-like literal: 'text', 8, 1e-4, -3, True/False, None, [a, b] or (a, b).
+
+    Anything else is InvalidInput naming the option: an expression (``1e999-1e999``,
+    ``1-1``), a number with something glued to it (``0x10``, ``1_0``, ``1j``), a number that
+    overflows to infinity, list items without commas, a name, a call.
+    """
     tok = cur.peek()
     if tok is None:
         raise InvalidInput(f"option '{key}' has no value")
-    cur.i += 1
     kind = tok.token_type
     if kind == TokenType.STRING:
+        cur.i += 1
         return tok.text
     if kind == TokenType.DASH:
-        value = _literal(cur, key)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidInput(f"option '{key}': '-' must precede a number")
-        return -value
-    if kind == TokenType.NUMBER:
-        text = tok.text
-        try:
-            return int(text)
-        except ValueError:
-            return float(text)
+        cur.i += 1
+        nxt = cur.peek()
+        if nxt is None or nxt.token_type not in (TokenType.NUMBER, TokenType.DOT):
+            found = f"'{nxt.text}'" if nxt is not None else "the end of the statement"
+            raise InvalidInput(f"option '{key}': '-' must precede a number, found {found}")
+        return -_number(cur, key)
+    if kind in (TokenType.NUMBER, TokenType.DOT):
+        return _number(cur, key)
     if kind in _OPEN:
+        cur.i += 1
         items = []
         closing = _OPEN[kind]
         while cur.peek() and cur.peek().token_type != closing:
+            first = cur.peek()
             items.append(_literal(cur, key))
-            if cur.peek() and cur.peek().token_type == TokenType.COMMA:
+            nxt = cur.peek()
+            if nxt is not None and nxt.token_type == TokenType.COMMA:
                 cur.i += 1
+            elif nxt is not None and nxt.token_type != closing:
+                _not_one_literal(cur, key, first, nxt)
         _expect_token(cur, closing, f"the end of the list in option '{key}'")
         return items
-    word = tok.text.upper()
-    if word == "TRUE":
-        return True
-    if word == "FALSE":
-        return False
-    if word in ("NONE", "NULL"):
-        return None
-    raise InvalidInput(
-        f"option '{key}' has value {tok.text!r}, which is not a literal; quote text values, e.g. {key}='{tok.text}'"
-    )
+    if kind in _CLOSE:
+        raise InvalidInput(f"option '{key}' has no value before {_shown(tok.text)}")
+    text, last = _run(cur, cur.i)
+    if kind == TokenType.IDENTIFIER:
+        raise InvalidInput(f"option '{key}' has value \"{tok.text}\", a quoted name, not a literal; text "
+                           f"values take single quotes, e.g. {key}='{tok.text}'")
+    if last == cur.i and _is_word(tok.text) and text == tok.text:  # a bare word (not N'x', @x, ...)
+        cur.i += 1
+        word = tok.text.upper()
+        if word == "TRUE":
+            return True
+        if word == "FALSE":
+            return False
+        if word in ("NONE", "NULL"):
+            return None
+        raise InvalidInput(f"option '{key}' has value {tok.text!r}, which is not a literal; quote text values, "
+                           f"e.g. {key}='{tok.text}'")
+    raise InvalidInput(f"option '{key}' has value starting {_shown(text)}, which is not a literal; a value is "
+                       "a number, 'text', True/False, NULL or a [list]")

@@ -590,3 +590,153 @@ def test_cancel_stops_a_forward_pass_between_layers(files):
     assert len(calls) == 3  # 7 conv + 3 transformer layers would have been checked otherwise
     assert t.transcribe([files["medium"]], 1) != [None]  # the model still works afterwards
     assert len(t._ids([audio], lambda: False)[0]) > 0
+
+
+# ----------------------------------------------------------------------------- option values and column types
+
+def test_bad_option_values_are_invalid_argument_naming_the_option(ml_server, files):
+    """Not one literal, non-finite, out of int64 or out of range: INVALID_ARGUMENT at prepare
+    time naming the option, never INTERNAL (a lexer crash) or a worker that overflows later."""
+    url = ml_server.url
+    _table(url, "opt_rows", [(files["short"], files["short_text"])])
+    base = f"base_model='{files['ckpt']}'"
+    cases = {  # option as written -> words the message must hold
+        "warmup_ratio=1e999-1e999": ["warmup_ratio", "1e999-1e999", "not one number"],
+        "epochs=1-1": ["epochs", "not one number"],
+        "epochs=1 - 1": ["epochs", "exactly one literal"],
+        "epochs=0x10": ["epochs", "0x10"],
+        "seed=[1 2]": ["seed", "exactly one literal"],
+        "learning_rate=1e999": ["learning_rate", "infinity"],
+        "learning_rate=-1e999": ["learning_rate", "infinity"],
+        "learning_rate=2": ["learning_rate", "<= 1.0"],
+        "seed=99999999999999999999999": ["seed", "<= 4294967295"],
+        "seed=-1": ["seed", ">= 0"],
+        "batch_size=9223372036854775808": ["batch_size", "<= 9223372036854775807"],
+        "epochs=" + "9" * 5000: ["epochs", "digits"],
+        "max_steps=0": ["max_steps", ">= 1"],
+        "weight_decay=1e308": ["weight_decay", "<= 1.0"],
+        "max_grad_norm=1e-320": ["max_grad_norm", "float32"],
+        "max_duration=1e-300": ["max_duration", "float32"],
+        "warmup_ratio=1e-400": ["warmup_ratio", "underflows"],
+    }
+    for option, words in cases.items():
+        status, message = failure(url, f"BUILD MODEL opt USING Wav2Vec2En OPTIONS ({base}, {option}) "
+                                        "AS SELECT * FROM opt_rows")
+        assert status == "INVALID_ARGUMENT", (option[:40], status, message)
+        assert_clean(message, *words)
+    _ensure_model(url, files)
+    for option in ("batch_size=9223372036854775808", "max_duration=1e999", "max_duration=-1", "batch_size=0"):
+        status, message = failure(url, f"PREDICT USING m OPTIONS ({option}) AS SELECT * FROM opt_rows")
+        assert status == "INVALID_ARGUMENT", (option, status, message)
+        assert_clean(message, option.split("=")[0])
+    assert not execute(url, "SELECT * FROM thanosql.models WHERE name = 'opt'").num_rows  # no run started
+    assert ml_server.alive()
+
+
+def test_audio_and_text_columns_must_be_strings(ml_server, files, tmp_path):
+    """A column of the wrong type is INVALID_ARGUMENT at prepare time naming the column, its
+    type and what is expected, for every ML statement; not 'int' has no attribute 'lower'
+    (INTERNAL), a bytes repr, or an integer taken for a relative path."""
+    url = ml_server.url
+    _ensure_model(url, files)
+    wav = files["short"]
+    base = f"base_model='{files['ckpt']}', max_steps=1"
+    cases = [  # (statement, column, type words)
+        (f"EVALUATE USING m AS SELECT '{wav}' AS audio, 1 AS text", "text", "int64"),
+        ("EVALUATE USING m AS SELECT 1.5 AS audio, 'x' AS text", "audio", "double"),
+        ("PREDICT USING m AS SELECT X'00' AS audio", "audio", "binary"),
+        ("PREDICT USING m OPTIONS (on_error='null') AS SELECT X'00' AS audio", "audio", "binary"),
+        ("PREDICT USING m AS SELECT 1 AS audio", "audio", "int64"),
+        ("PREDICT USING m OPTIONS (on_error='null') AS SELECT 1 AS audio", "audio", "int64"),
+        (f"BUILD MODEL typed USING Wav2Vec2En OPTIONS ({base}) AS SELECT '{wav}' AS audio, 7 AS text",
+         "text", "int64"),
+        (f"BUILD MODEL typed USING Wav2Vec2En OPTIONS ({base}) AS SELECT true AS audio, 'x' AS text",
+         "audio", "bool"),
+        (f"FIT MODEL typed USING m OPTIONS (max_steps=1) AS SELECT '{wav}' AS audio, [1] AS text", "text", "list"),
+        ("PRINT AUDIO AS SELECT 1 AS audio", "audio", "int64"),
+        ("PRINT AUDIO OPTIONS (audio_col='a') AS SELECT X'01' AS a", "a", "binary"),
+    ]
+    for sql, column, type_word in cases:
+        status, message = failure(url, sql)
+        assert status == "INVALID_ARGUMENT", (sql, status, message)
+        assert_clean(message, f"column '{column}'", type_word, "expected", "string")
+        assert "b'" not in message and "lower" not in message, message
+    # Strings still work, NULL-typed columns fail per row as before, a $n parameter is checked
+    # when it is bound (its type is unknown at prepare time).
+    assert execute(url, f"PRINT AUDIO AS SELECT '{wav}' AS audio").num_rows == 1
+    out = execute(url, "PREDICT USING m OPTIONS (on_error='null') AS SELECT NULL AS audio").to_pylist()
+    assert out[0]["predict_result"] is None and "row 0" in out[0]["predict_error"]
+    with flightsql.connect(url, autocommit=True) as conn, conn.cursor() as cur, \
+            pytest.raises(flightsql.Error) as info:
+        cur.execute("PREDICT USING m AS SELECT $1 AS audio", parameters=(5,))
+        cur.fetch_arrow_table()
+    assert "(InvalidArgument;" in str(info.value), str(info.value)
+    assert_clean(str(info.value).split(" (")[0], "row 0", "int", "not a string")
+
+
+def test_directory_audio_path_is_named_once(ml_server, files):
+    url = ml_server.url
+    _ensure_model(url, files)
+    folder = files["root"] / "folder.wav"
+    folder.mkdir(exist_ok=True)
+    status, message = failure(url, f"PREDICT USING m AS SELECT '{folder}' AS audio")
+    assert status in {"PERMISSION_DENIED", "INVALID_ARGUMENT", "UNAUTHENTICATED", "UNAUTHORIZED"}, (status, message)
+    assert_clean(message, "row 0", "folder.wav", "is a directory, not a regular file")
+    assert message.count("regular file") == 1, message
+    from ml.audio import load_audio
+    from ml.errors import AudioError
+    error = _raises(load_audio, folder, 2)
+    assert isinstance(error, AudioError) and "is a directory, not an audio file" in str(error)
+    assert str(error).count("regular file") == 1, error
+
+
+def test_training_that_diverges_is_failed_not_ready(ml_server, files, monkeypatch):
+    """Non-finite weights at the end of a BUILD: the run is failed with a clear message and
+    nothing is published; in-process, a run whose last step's loss is NaN fails the same way."""
+    from safetensors.numpy import load_file, save_file
+    url = ml_server.url
+    nan_ckpt = files["root"] / "nan-ckpt"
+    if not nan_ckpt.exists():
+        import shutil
+        shutil.copytree(files["ckpt"], nan_ckpt)
+        weights = load_file(nan_ckpt / "model.safetensors")
+        weights["lm_head.weight"][0, 0] = np.nan
+        save_file(weights, nan_ckpt / "model.safetensors", metadata={"format": "pt"})
+    _table(url, "nan_rows", [(files["short"], files["short_text"])])
+    status, message = failure(url, f"BUILD MODEL diverged USING Wav2Vec2En OPTIONS (base_model='{nan_ckpt}', "
+                                   "max_steps=2, batch_size=1, epochs=2) AS SELECT * FROM nan_rows")
+    assert status == "INVALID_ARGUMENT", (status, message)
+    assert_clean(message, "training diverged", "NaN", "lm_head.weight", "learning_rate", "Nothing was saved")
+    runs = execute(url, "SELECT status, error FROM thanosql.models WHERE name = 'diverged'").to_pylist()
+    assert [r["status"] for r in runs] == ["failed"] and "diverged" in runs[0]["error"], runs
+    status, message = failure(url, "PREDICT USING diverged AS SELECT * FROM nan_rows")
+    assert status == "NOT_FOUND" and "failed" in message, (status, message)
+    assert execute(url, "DELETE MODEL diverged") == 1
+
+    # In-process: a finite first step, then a NaN loss on the last one (no weight is NaN).
+    import ml.checkpoints
+    from ml import wav2vec2
+    from ml.errors import BadOptions
+    real_load = ml.checkpoints.load_base
+
+    def load_then_nan(*args, **kwargs):
+        model, processor = real_load(*args, **kwargs)
+        forward = model.forward
+        calls = []
+
+        def nan_after_first(*a, **k):
+            out = forward(*a, **k)
+            calls.append(1)
+            if len(calls) >= 2:
+                out.loss = out.loss * float("nan")
+            return out
+        model.forward = nan_after_first
+        return model, processor
+
+    monkeypatch.setattr(ml.checkpoints, "load_base", load_then_nan)
+    out_dir = files["root"] / "diverged-out"
+    with pytest.raises(BadOptions) as info:
+        wav2vec2.train(files["ckpt"], [(files["short"], files["short_text"])],
+                       {"epochs": 2, "batch_size": 1, "max_steps": 2}, out_dir=str(out_dir))
+    assert "last step (step 2) was NaN or infinite" in str(info.value) and "1 of 2 steps" in str(info.value)
+    assert not (out_dir / "model.safetensors").exists()

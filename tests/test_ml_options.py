@@ -55,12 +55,35 @@ def test_aliases_and_type_coercions():
     ("build", {"audio_col": ""}, ["'audio_col'", "empty"]),
     ("build", {"mixed_precision": "fp8"}, ["'mixed_precision'", "'bf16'"]),
     ("build", {"batch_size": None}, ["'batch_size'", "NULL"]),
+    # Non-finite, absurd or overflowing values (issue 8): refused here, not in torch later.
+    ("build", {"learning_rate": float("inf")}, ["'learning_rate'", "finite"]),
+    ("build", {"learning_rate": float("nan")}, ["'learning_rate'", "finite"]),
+    ("build", {"learning_rate": 10 ** 400}, ["'learning_rate'", "finite"]),
+    ("build", {"learning_rate": 1.5}, ["'learning_rate'", "<= 1.0"]),
+    ("build", {"warmup_ratio": float("-inf")}, ["'warmup_ratio'", "finite"]),
+    ("build", {"weight_decay": 1e308}, ["'weight_decay'", "<= 1.0"]),
+    ("build", {"max_grad_norm": 1e-320}, ["'max_grad_norm'", "float32"]),
+    ("build", {"seed": 2 ** 32}, ["'seed'", "<= 4294967295"]),
+    ("build", {"seed": 99999999999999999999999}, ["'seed'", "<= 4294967295"]),
+    ("build", {"epochs": 2 ** 63}, ["'epochs'", "<= 9223372036854775807"]),
+    ("build", {"max_steps": 2 ** 63}, ["'max_steps'", "<= 9223372036854775807"]),
+    ("predict", {"batch_size": 2 ** 63}, ["'batch_size'", "<= 9223372036854775807"]),
+    ("predict", {"max_duration": float("inf")}, ["'max_duration'", "finite"]),
+    ("predict", {"result_col": 7 * 10 ** 200}, ["'result_col'", "..."]),  # a long value is cut short
 ])
 def test_bad_options_are_named(statement, options, words):
     with pytest.raises(BadOptions) as err:
         validate("Wav2Vec2En", statement, options)
     for word in words:
         assert word in str(err.value)
+
+
+def test_bounds_that_are_accepted():
+    opts = validate("Wav2Vec2En", "build", {"seed": 2 ** 32 - 1, "learning_rate": 1, "weight_decay": 1,
+                                            "batch_size": 2 ** 63 - 1, "max_grad_norm": 1e-30, "max_duration": None})
+    assert (opts["seed"], opts["learning_rate"], opts["batch_size"], opts["max_duration"]) == \
+        (2 ** 32 - 1, 1.0, 2 ** 63 - 1, None)
+    assert validate("Wav2Vec2En", "build", {"seed": 0, "weight_decay": 0, "warmup_ratio": 0})["seed"] == 0
 
 
 def test_unknown_class_and_statement():
