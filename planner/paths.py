@@ -55,7 +55,9 @@ def _kind(mode: int) -> str:
         return "a character device"
     if stat.S_ISBLK(mode):
         return "a block device"
-    return "not a regular file"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    return "a special file"
 
 
 class PathPolicy:
@@ -154,9 +156,8 @@ class PathPolicy:
             return resolved
         if not stat.S_ISREG(mode):
             where = f"row {row}: " if row is not None else ""
-            kind = "a directory" if stat.S_ISDIR(mode) else _kind(mode)
-            what = "not a regular file" if kind == "not a regular file" else f"{kind}, not a regular file"
-            raise PermissionDenied(f"{where}audio path '{value}' ({resolved}) is {what}; it is not read")
+            raise PermissionDenied(f"{where}audio path '{value}' ({resolved}) is {_kind(mode)}, "
+                                   "not a regular file; it is not read")
         return resolved
 
     @staticmethod
