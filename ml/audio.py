@@ -1,4 +1,7 @@
-"""Audio decoding: any file soundfile reads (wav, flac, ogg) -> float32, 16 kHz, mono.
+"""Audio decoding: any file soundfile reads (wav, flac, ogg, mp3) -> float32, 16 kHz, mono.
+
+MP3 comes from libsndfile itself (>= 1.1; soundfile >= 0.12 bundles 1.2), so every format
+is read, streamed and checked by the same code; no second decoder.
 
 wav2vec2 models only understand 16 kHz mono, so everything else is converted here, once,
 with a proper resampler (soxr) rather than naive decimation.  Errors name the file (and the
