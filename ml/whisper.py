@@ -398,21 +398,39 @@ class Transcriber:
 
     def _decode(self, features: np.ndarray, owners: list[_Utterance], tokenizer, detect: bool, beam_size: int,
                 suppress: list[int], should_stop) -> list:
+        """One result per window.  CTranslate2's Whisper ``generate`` needs the
+        <|startoftranscript|> token at the same position in every prompt of a batch, so
+        windows are grouped by the length of their previous-text prompt (all first windows
+        together, the usual case) and each group is encoded and decoded as one batch."""
+        sot = list(tokenizer.sot_sequence)
+        previous = [[tokenizer.sot_prev] + u.tokens[-MAX_PROMPT_TOKENS:] if u.tokens else [] for u in owners]
+        groups: dict[int, list[int]] = {}
+        for k, prompt in enumerate(previous):
+            groups.setdefault(len(prompt), []).append(k)
+        results: list = [None] * len(owners)
+        for members in groups.values():
+            if should_stop is not None and should_stop():
+                raise Cancelled("transcription cancelled")
+            batch = features if len(members) == len(owners) else features[members]
+            outputs = self._generate(batch, [previous[k] for k in members], sot, tokenizer, detect, beam_size,
+                                     suppress, should_stop)
+            for k, out in zip(members, outputs):
+                results[k] = out
+        return results
+
+    def _generate(self, features: np.ndarray, previous: list[list[int]], sot: list[int], tokenizer, detect: bool,
+                  beam_size: int, suppress: list[int], should_stop) -> list:
         import ctranslate2
 
         with _turn(should_stop):
             encoded = self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
                                         to_cpu=False)
-            sot = list(tokenizer.sot_sequence)
-            prompts = []
             languages = None
             if detect:
                 languages = [tokenizer.tokenizer.token_to_id(r[0][0])
                              for r in self.model.detect_language(encoded)]
-            for k, u in enumerate(owners):
-                prompt = []
-                if u.tokens:
-                    prompt = [tokenizer.sot_prev] + u.tokens[-MAX_PROMPT_TOKENS:]
+            prompts = []
+            for k, prompt in enumerate(previous):
                 seq = list(sot)
                 if languages is not None:
                     seq[1] = languages[k]

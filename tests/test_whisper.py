@@ -91,21 +91,26 @@ def test_predict_keeps_columns_any_rate_channels_and_length(server):
     long_audio = np.concatenate(parts)
     assert len(long_audio) / 16000 > 30
     sf.write(uploads / "long.flac", long_audio, 16000)
+    # A second long file, the parts in reverse: decoded in the same batch as long.flac, its
+    # second window has a previous-text prompt of another length (generate needs groups).
+    sf.write(uploads / "long_reversed.flac", np.concatenate(parts[::-1]), 16000)
     execute(server.url, "CREATE TABLE made (id INT, audio VARCHAR, text VARCHAR)")
     quote = lambda text: "'" + str(text).replace("'", "''") + "'"  # noqa: E731
     execute(server.url, "INSERT INTO made VALUES "
             f"(1, {quote(uploads / 'stereo.wav')}, {quote(test[0]['text'])}), "
-            f"(2, {quote(uploads / 'long.flac')}, {quote(' '.join(r['text'] for r in test))})")
+            f"(2, {quote(uploads / 'long.flac')}, {quote(' '.join(r['text'] for r in test))}), "
+            f"(3, {quote(uploads / 'long_reversed.flac')}, {quote(' '.join(r['text'] for r in test[::-1]))})")
     out = execute(server.url, "PREDICT USING my_whisper OPTIONS (batch_size=4, result_col='said') "
                               "AS SELECT * FROM made ORDER BY id").to_pylist()
-    assert [list(r) for r in out] == [["id", "audio", "text", "said"]] * 2
-    assert [r["id"] for r in out] == [1, 2]
+    assert [list(r) for r in out] == [["id", "audio", "text", "said"]] * 3
+    assert [r["id"] for r in out] == [1, 2, 3]
     import jiwer
     for r in out:
         ref, hyp = " ".join(_words(r["text"])), " ".join(_words(r["said"]))
         assert jiwer.wer(ref, hyp) < 0.2, (r["audio"], r["said"])
     # The long file is transcribed to its end, nothing silently cut.
     assert _words(out[1]["said"])[-2:] == _words(test[2]["text"])[-2:]
+    assert _words(out[2]["said"])[-2:] == _words(test[0]["text"])[-2:]
     # Plain PREDICT on the tutorial table: input columns plus non-empty transcripts.
     plain = execute(server.url, "PREDICT USING my_whisper AS SELECT * FROM librispeech_test LIMIT 2")
     assert plain.column_names == ["audio", "text", "predict_result"]
