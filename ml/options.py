@@ -209,6 +209,9 @@ class ModelClass:
     module: str = ""  # the ml/ module implementing it: load_transcriber, transcriber_key[, train, ...]
     unsupported: str = ""  # why the statements it lacks are missing (said in their error)
     pretrained: tuple[str, ...] = ()  # what GET THANOSQL MODEL can fetch for it
+    #: GET THANOSQL MODEL <class> OPTIONS (base_model=...) registers other weights (the
+    #: module's ``install_base_model``)
+    base_models: bool = False
 
     def implementation(self):
         """The class's module (imported on first use: torch, ctranslate2, ... load only then)."""
@@ -240,6 +243,7 @@ MODEL_CLASSES: dict[str, ModelClass] = {
         unsupported="fine-tuning Whisper is a separate feature (issue 14); Whisper models come "
                     "ready from GET THANOSQL MODEL whisper_tiny_en (or whisper_base)",
         pretrained=("whisper_tiny_en", "whisper_base"),
+        base_models=True,
     ),
 }
 
@@ -259,7 +263,23 @@ def pretrained_class(name: str) -> ModelClass:
         if isinstance(name, str) and name.lower() in cls.pretrained:
             return cls
     known = [n for cls in MODEL_CLASSES.values() for n in cls.pretrained]
+    for cls in MODEL_CLASSES.values():
+        if cls.base_models and isinstance(name, str) and name.lower() == cls.name.lower():
+            raise BadOptions(f"GET THANOSQL MODEL {name} needs OPTIONS (base_model='folder or hub id'); or name a "
+                             "pretrained model: " + ", ".join(cls.pretrained))
     raise BadOptions(f"unknown pretrained model {name!r}; GET THANOSQL MODEL can fetch: " + ", ".join(known))
+
+
+def base_model_class(name: str) -> ModelClass:
+    """The class GET THANOSQL MODEL <name> OPTIONS (base_model=...) registers weights for:
+    ``name`` is the class's name (case-insensitive)."""
+    takers = [c for c in MODEL_CLASSES.values() if c.base_models]
+    for cls in takers:
+        if isinstance(name, str) and name.lower() == cls.name.lower():
+            return cls
+    raise BadOptions(f"GET THANOSQL MODEL {name} OPTIONS (base_model=...): base_model= goes with a model class "
+                     "name: " + ", ".join(f"GET THANOSQL MODEL {c.name.lower()} OPTIONS (base_model='folder or hub "
+                                          "id', model_name='mine')" for c in takers))
 
 
 def schema(class_name: str, statement: str) -> tuple[Option, ...]:

@@ -146,6 +146,126 @@ def install_pretrained(name: str, target_dir: str) -> dict:
     return {"pretrained": pre.name, "licence": pre.licence, "packages": list(pre.packages)}
 
 
+# ----------------------------------------------------------------------------- other weights (base_model=)
+
+#: What a CTranslate2 Whisper folder brings along besides model.bin (the first three needed).
+CT2_FILES = ("config.json", "tokenizer.json", "vocabulary.txt", "vocabulary.json", "preprocessor_config.json")
+#: Converted weights are stored as the packaged ones (CTranslate2 converts them to the
+#: compute_type at load: int8 on a CPU, float16 on a GPU).
+CONVERT_QUANTIZATION = "float16"
+
+
+def _ct2_spec(path: str) -> str | None:
+    """The spec name in a CTranslate2 model.bin header ('WhisperSpec'), None if not one."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(6 + 256)
+    if len(head) < 6:
+        return None
+    (length,) = struct.unpack("<H", head[4:6])
+    name = head[6:6 + length].rstrip(b"\0")
+    try:
+        return name.decode("ascii") if length and len(name) <= 255 else None
+    except UnicodeDecodeError:
+        return None
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    if not os.path.isfile(src) or os.path.islink(src):
+        raise BadOptions(f"base_model: {src} is not a regular file")
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def install_base_model(source: str, target_dir: str) -> dict:
+    """Write the Whisper weights ``source`` names into ``target_dir`` (a staging folder):
+
+    - a CTranslate2 Whisper folder (model.bin, config.json, tokenizer.json, vocabulary.*):
+      its files hard-linked (or copied);
+    - a transformers Whisper checkpoint folder (config.json with model_type 'whisper', and
+      the weights): converted with ``ctranslate2.converters.TransformersConverter``;
+    - anything else is a hub id (e.g. openai/whisper-small), converted the same way when the
+      Hugging Face hub (or its cache) can be reached.
+
+    ``source`` has passed the server's path policy (a folder inside the allowed roots, or a
+    hub id).  Returns what the registry records about it.
+    """
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        if os.path.isfile(os.path.join(source, "model.bin")):
+            spec = _ct2_spec(os.path.join(source, "model.bin"))
+            if spec != "WhisperSpec":
+                raise BadOptions(f"base_model '{source}': model.bin is not a CTranslate2 Whisper model "
+                                 f"({'spec ' + spec if spec else 'not a CTranslate2 file'})")
+            missing = [f for f in ("config.json", "tokenizer.json") if not os.path.isfile(os.path.join(source, f))]
+            if not any(os.path.isfile(os.path.join(source, v)) for v in ("vocabulary.txt", "vocabulary.json")):
+                missing.append("vocabulary.txt (or .json)")
+            if missing:
+                raise BadOptions(f"base_model '{source}': a CTranslate2 Whisper folder needs model.bin, config.json, "
+                                 f"tokenizer.json and vocabulary.txt; missing: {', '.join(missing)}")
+            for name in ("model.bin",) + CT2_FILES:
+                if os.path.lexists(os.path.join(source, name)):
+                    _link_or_copy(os.path.join(source, name), os.path.join(target_dir, name))
+            return {"base_model": source, "format": "ctranslate2"}
+        config = os.path.join(source, "config.json")
+        model_type = None
+        if os.path.isfile(config):
+            import json
+
+            try:
+                with open(config, encoding="utf-8") as f:
+                    model_type = json.load(f).get("model_type")
+            except (OSError, ValueError, AttributeError):
+                model_type = None
+        if model_type != "whisper":
+            raise BadOptions(f"base_model '{source}' is neither a CTranslate2 Whisper folder (model.bin, "
+                             "config.json, tokenizer.json, vocabulary.txt) nor a transformers Whisper checkpoint "
+                             f"(config.json with model_type 'whisper'{'; found ' + repr(model_type) if model_type else ''})")
+        return _convert(source, target_dir, hub=False)
+    if os.path.lexists(source):
+        raise BadOptions(f"base_model '{source}' is not a folder")
+    return _convert(source, target_dir, hub=True)
+
+
+def _convert(source: str, target_dir: str, hub: bool) -> dict:
+    """TransformersConverter into ``target_dir/.convert``, then its files moved up (the whole
+    staging folder becomes the version only once complete: the registry's rename)."""
+    try:
+        import ctranslate2.converters
+        import transformers
+    except ImportError as exc:  # pragma: no cover - both are dependencies
+        raise CheckpointUnavailable(f"converting base_model '{source}' needs transformers and ctranslate2: "
+                                    f"{exc}") from None
+    work = os.path.join(target_dir, ".convert")
+    present = ["tokenizer.json"] if hub else [f for f in ("tokenizer.json", "preprocessor_config.json")
+                                              if os.path.isfile(os.path.join(source, f))]
+    try:
+        converter = ctranslate2.converters.TransformersConverter(source, copy_files=present or None)
+        converter.convert(work, quantization=CONVERT_QUANTIZATION, force=True)
+        if not os.path.isfile(os.path.join(work, "tokenizer.json")):
+            # A checkpoint with only the slow tokenizer files (vocab.json, merges.txt): the fast
+            # tokenizer built from them is what the decoder reads.
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source, use_fast=True)
+            tokenizer.backend_tokenizer.save(os.path.join(work, "tokenizer.json"))
+    except MLError:
+        raise
+    except Exception as exc:  # OSError (offline, not found), ValueError, RuntimeError, hub errors
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        if hub:
+            raise CheckpointUnavailable(
+                f"base_model '{source}' is not a folder inside the server's allowed folders, and as a Hugging "
+                f"Face hub id it cannot be fetched ({reason}); on an offline machine give a local folder "
+                "(a CTranslate2 Whisper folder or a transformers Whisper checkpoint)") from None
+        raise BadOptions(f"cannot convert the Whisper checkpoint in '{source}': {reason}") from None
+    for name in os.listdir(work):
+        os.replace(os.path.join(work, name), os.path.join(target_dir, name))
+    os.rmdir(work)
+    return {"base_model": source, "format": "transformers", "converted": "ctranslate2 " + CONVERT_QUANTIZATION}
+
+
 # ----------------------------------------------------------------------------- loading
 
 def _cpus() -> int:

