@@ -10,12 +10,10 @@ are printed and recorded as properties.
 from __future__ import annotations
 
 import csv
-import glob
 import os
 import re
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path

@@ -429,8 +429,8 @@ def test_handles_belong_to_their_creator(auth_srv):
                  lambda: client.get_schema(query, mallory)):
         with pytest.raises(pa.ArrowKeyError, match="unknown or expired prepared statement"):
             call()
-    for descriptor in (query, update):
-        writer, reader = client.do_put(descriptor, pa.schema([("p", pa.int64())]), mallory)
+    for command in (query, update):
+        writer, reader = client.do_put(command, pa.schema([("p", pa.int64())]), mallory)
         with pytest.raises(pa.ArrowKeyError, match="unknown or expired prepared statement") as refused:
             writer.write_batch(pa.record_batch([pa.array([1])], names=["p"]))
             writer.done_writing()
