@@ -32,6 +32,7 @@ import numpy as np
 from .audio import SAMPLE_RATE, audio_info, check_duration, load_audio, samples_16k, stream_audio
 from .errors import AudioError, AudioTooLong, BadOptions, Cancelled, MLError, TrainingCancelled, TrainingFailed
 from .text import charset_of, normalize
+from .transcription import check_request, failure_recorder, turn
 
 # libgomp threads spin while they wait at a barrier; when the CPUs are shared (a training
 # worker beside the server's inference, other jobs) the spinning starves the thread everyone
@@ -295,18 +296,6 @@ class _StopHooks:
             self._local.should_stop = previous
 
 
-@contextlib.contextmanager
-def _forward_turn(should_stop):
-    """Take the forward lock, giving up with Cancelled if the statement is cancelled meanwhile."""
-    while not _FORWARD_LOCK.acquire(timeout=0.2):
-        if should_stop is not None and should_stop():
-            raise Cancelled("transcription cancelled")
-    try:
-        yield
-    finally:
-        _FORWARD_LOCK.release()
-
-
 def transcriber_key(options: dict) -> tuple:
     """What of a statement's options changes the loaded model: nothing, for this class."""
     return ()
@@ -347,7 +336,7 @@ class Transcriber:
         """Per array, the argmax token id of each of its own frames (padding frames cut off)."""
         torch = self._torch
         values, mask, lengths = collate(arrays, self.feature_extractor, self.device)
-        with _forward_turn(should_stop), self._hooks.watching(should_stop), torch.inference_mode():
+        with turn(_FORWARD_LOCK, should_stop), self._hooks.watching(should_stop), torch.inference_mode():
             logits = self.model(values, attention_mask=mask if self.uses_attention_mask else None).logits
             frames = self.model._get_feat_extract_output_lengths(torch.tensor(lengths))
             ids = logits.argmax(dim=-1).cpu().numpy()
@@ -380,17 +369,11 @@ class Transcriber:
         audio_seconds, seconds, batches and utterances.  ``options`` (the statement's) holds
         nothing more this class uses.
         """
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if errors is not None and len(errors) != len(paths):
-            raise ValueError("errors must be as long as paths")
+        check_request(paths, batch_size, errors)
         started = time.monotonic()
         results: list[str | None] = [None] * len(paths)
 
-        def failed(i: int, exc: AudioError) -> None:
-            if errors is None:
-                raise exc
-            errors[i] = str(exc)
+        failed = failure_recorder(errors)
 
         lengths: dict[int, int] = {}
         for i, path in enumerate(paths):

@@ -21,7 +21,6 @@ per window from a stream (bounded memory) instead of over the whole file.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import threading
@@ -33,6 +32,7 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, audio_info, check_duration, load_audio, samples_16k, stream_audio
 from .errors import AudioError, BadOptions, Cancelled, CheckpointUnavailable, MLError
+from .transcription import check_request, failure_recorder, turn
 
 CLASS_NAME = "Whisper"
 HOP = 160                      # samples per log-mel frame
@@ -421,20 +421,14 @@ class Transcriber:
         from faster_whisper.transcribe import get_suppressed_tokens
 
         options = options or {}
-        if batch_size < 1:
-            raise ValueError("batch_size must be >= 1")
-        if errors is not None and len(errors) != len(paths):
-            raise ValueError("errors must be as long as paths")
+        check_request(paths, batch_size, errors)
         tokenizer, detect = self.tokenizer(options)
         beam_size = int(options.get("beam_size") or 1)
         suppress = list(get_suppressed_tokens(tokenizer, [-1]))
         started = time.monotonic()
         results: list[str | None] = [None] * len(paths)
 
-        def failed(i: int, exc: AudioError) -> None:
-            if errors is None:
-                raise exc
-            errors[i] = str(exc)
+        failed = failure_recorder(errors)
 
         waiting: list[_Utterance] = []
         for i, path in enumerate(paths):
@@ -542,7 +536,7 @@ class Transcriber:
                   beam_size: int, suppress: list[int], should_stop) -> list:
         import ctranslate2
 
-        with _turn(should_stop):
+        with turn(_LOCK, should_stop):
             encoded = self.model.encode(ctranslate2.StorageView.from_array(np.ascontiguousarray(features)),
                                         to_cpu=False)
             languages = None
@@ -585,17 +579,6 @@ class Transcriber:
             u.seek += size
         u.tokens.extend(kept)
         u.text_tokens.extend(t for t in kept if t < tokenizer.eot)
-
-
-@contextlib.contextmanager
-def _turn(should_stop):
-    while not _LOCK.acquire(timeout=0.2):
-        if should_stop is not None and should_stop():
-            raise Cancelled("transcription cancelled")
-    try:
-        yield
-    finally:
-        _LOCK.release()
 
 
 def train(*_args, **_kwargs):  # pragma: no cover - refused at planning (no BUILD/FIT schema)
