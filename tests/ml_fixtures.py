@@ -1,6 +1,7 @@
 """Fixtures for the ml/ tests: the shared LibriSpeech sample and small random checkpoints.
 
-Import what a test module needs: ``from ml_fixtures import tiny_checkpoint, train_rows``.
+Import what a test module needs: ``from ml_fixtures import tiny_checkpoint, train_rows``;
+``execute(url, sql)`` runs one statement over ADBC (rows affected, or the result as Arrow).
 Nothing here touches the network: checkpoints are built from a config.
 """
 
@@ -57,3 +58,14 @@ def tiny_group_checkpoint(tmp_path_factory) -> str:
 
     return make_random_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny-group", size="tiny", seed=0,
                                   feat_extract_norm="group", do_stable_layer_norm=False)
+
+
+def execute(url, sql, parameters=None):
+    """One statement over ADBC: the rows affected, or the result as an Arrow table."""
+    import adbc_driver_flightsql.dbapi as flightsql
+
+    with flightsql.connect(url, autocommit=True) as conn, conn.cursor() as cur:
+        cur.execute(sql, parameters)
+        if not cur.description:
+            return cur.rowcount
+        return cur.fetch_arrow_table()

@@ -26,20 +26,13 @@ import pyarrow.compute  # noqa: F401
 import pytest
 import soundfile as sf
 
+from ml_fixtures import execute
 from server_process import REPO, SHARED_DATA
 
 LONG_MINUTES = 10
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def execute(url, sql, parameters=None):
-    with flightsql.connect(url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(sql, parameters)
-        if not cur.description:
-            return cur.rowcount
-        return cur.fetch_arrow_table()
-
 
 def failure(url, sql) -> tuple[str, str]:
     """(gRPC status, message) of a statement that must fail.

