@@ -18,6 +18,7 @@ of up to 2,000 binary operators.
 from __future__ import annotations
 
 import os
+import re
 
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import TokenError
@@ -26,6 +27,7 @@ from sqlglot.tokens import Token, TokenType
 from planner.errors import InvalidInput
 
 MAX_EXPRESSION_DEPTH = 4_000  # tokens: about 2,000 levels of a binary chain
+_DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")  # $$ or $tag$, DataFusion's dollar quotes
 MAX_QUERY_BLOCKS = 500  # SELECTs: UNION branches, CTEs, subqueries
 MAX_JOINS = 127  # JOIN keywords (128 relations)
 RUST_THREAD_STACK_BYTES = 16 << 20
@@ -106,12 +108,13 @@ def check_statement(sql: str, tokens: list[Token]) -> None:
     `tokens` are sqlglot's (generic dialect). DataFusion's lexer reads a few constructs
     differently: `E'\\''` is one quote character to it but opens a string running to the next
     quote for sqlglot, which would hide whatever follows from the count. Where such a
-    construct may be present (a string right after a letter, or a `$`), the statement is
+    construct may be present (a string right after a letter, or a `$$` / `$tag$` quote;
+    not a `$1` parameter, so prepared point queries are lexed once), the statement is
     counted again with sqlglot's PostgreSQL lexer, which reads them as DataFusion does,
     and the larger counts apply.
     """
     views = [tokens]
-    if "$" in sql or _prefixed_string(tokens):
+    if _DOLLAR_QUOTE.search(sql) or _prefixed_string(tokens):
         try:
             views.append(Postgres.Tokenizer().tokenize(sql))
         except TokenError:

@@ -51,6 +51,7 @@ def run(url: str, sql: str):
     "SELECT " + " + ".join(["CASE WHEN true THEN 1 END"] * 3000),
     # DataFusion reads E'\'' as one quote; the generic lexer would see one long string
     "SELECT E'\\'' AS e, " + "+".join(["1"] * 12000) + " AS y --'",  # was SIGSEGV
+    "SELECT $$'$$ AS d, " + "+".join(["1"] * 12000) + " AS y --'",  # a dollar quote hiding a chain
     "SELECT 1" + " UNION ALL SELECT 1" * 3500,  # was SIGSEGV
     "WITH a0 AS (SELECT 1 AS x), "
     + ", ".join(f"a{i} AS (SELECT x FROM a{i - 1})" for i in range(1, 8000)) + " SELECT * FROM a7999",
