@@ -169,7 +169,7 @@ class FlightSqlServer(flight.FlightServerBase):
     @translated
     def get_flight_info(self, context, descriptor):
         command = self._command(descriptor)
-        schema, ticket = self._plan_command(command, self._identity(context))
+        schema, ticket = self._plan_command(command, self._identity(context), context)
         endpoint = flight.FlightEndpoint(ticket, [])
         return flight.FlightInfo(schema, descriptor, [endpoint], -1, -1)
 
@@ -194,20 +194,27 @@ class FlightSqlServer(flight.FlightServerBase):
             raise InvalidInput("this server takes Flight SQL commands (CMD descriptors), not paths")
         return P.unpack(descriptor.command)
 
-    def _plan_command(self, command, owner: str) -> tuple[pa.Schema, flight.Ticket]:
-        """The result schema and ticket of a command; nothing runs yet."""
+    def _plan_command(self, command, owner: str, context=None) -> tuple[pa.Schema, flight.Ticket]:
+        """The result schema and ticket of a command; nothing runs yet (but a write that
+        reports rows, see _ticket_for)."""
         if isinstance(command, P.CommandStatementQuery):
             plan = self._prepare_sql(command.query)
-            return self._ticket_for(plan, None, owner)
+            return self._ticket_for(plan, None, owner, context)
         if isinstance(command, P.CommandPreparedStatementQuery):
             prepared = self._prepared(command.prepared_statement_handle, owner)
-            return self._ticket_for(prepared.plan, prepared.params, owner)
+            return self._ticket_for(prepared.plan, prepared.params, owner, context)
         if P.type_name(command) in _METADATA_SCHEMAS:
             table = self._metadata(command)
             return table.schema, flight.Ticket(P.pack(command))
         raise Unsupported(f"GetFlightInfo does not support {P.type_name(command)}")
 
-    def _ticket_for(self, plan: Plan, params, owner: str) -> tuple[pa.Schema, flight.Ticket]:
+    def _ticket_for(self, plan: Plan, params, owner: str, context=None) -> tuple[pa.Schema, flight.Ticket]:
+        if getattr(plan, "runs_at_once", False):
+            # A write reported as rows (COPY, GET THANOSQL ..., DELETE MODEL) is done here, as
+            # an update would be: ADBC and JDBC fetch a result lazily, and a client that
+            # executes and moves on must still get its write. DoGet then sends the row.
+            plan = plan.run_now(self.engine, params,
+                                CancelToken(context.is_cancelled if context is not None else None))
         handle = self.pending.add(Execution(plan, params), owner)
         schema = UPDATE_RESULT_SCHEMA if plan.is_update else plan.dataset_schema
         return schema, flight.Ticket(P.pack(P.TicketStatementQuery(statement_handle=handle)))

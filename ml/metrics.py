@@ -123,3 +123,34 @@ def metrics_table(scores: dict, normalizer: str | None = None) -> pa.Table:
         "detail": pa.array([detail.get(n) for n in scores] + [f"{normalizer}: {NORMALIZER_DETAIL[normalizer]}"],
                            pa.string()),
     })
+
+
+UTTERANCE_SCHEMA = pa.schema([
+    pa.field("row", pa.int64(), nullable=False), pa.field("audio", pa.string()),
+    pa.field("reference", pa.string()), pa.field("transcript", pa.string()),
+    pa.field("wer", pa.float64()), pa.field("word_errors", pa.int64()), pa.field("words", pa.int64()),
+    pa.field("reference_normalized", pa.string()), pa.field("transcript_normalized", pa.string()),
+])
+
+
+def utterance_table(audio, references, hypotheses, normalizer: str = "basic") -> pa.Table:
+    """EVALUATE OPTIONS (details=True): one row per utterance, worst WER first (then by row):
+    the query's row number, its audio and texts, and its word errors after `normalizer`
+    (the normalised texts too, which are what was compared)."""
+    import jiwer
+
+    refs, hyps = _prepare(references, hypotheses, normalizer)
+    rows = []
+    for i, (ref, hyp) in enumerate(zip(refs, hyps)):
+        n_words = len(ref.split())
+        if not ref.strip() or not hyp.strip():  # jiwer refuses empty texts: all insertions or deletions
+            errors = len(hyp.split()) if not ref.strip() else n_words
+        else:
+            out = jiwer.process_words(ref, hyp)
+            errors = out.substitutions + out.deletions + out.insertions
+        rate = errors / n_words if n_words else (0.0 if errors == 0 else 1.0)
+        rows.append({"row": i, "audio": audio[i], "reference": references[i], "transcript": hypotheses[i],
+                     "wer": rate, "word_errors": errors, "words": n_words,
+                     "reference_normalized": ref, "transcript_normalized": hyp})
+    rows.sort(key=lambda r: (-r["wer"], r["row"]))
+    return pa.Table.from_pylist(rows, schema=UTTERANCE_SCHEMA)

@@ -176,6 +176,8 @@ _EVALUATE = (
     _o("batch_size", "int", 8, "utterances per forward pass", minimum=1),
     _INFER_MAX_DURATION,
     _NORMALIZER,
+    _o("details", "bool", False, "True: one row per utterance (row, audio, reference, transcript, wer, "
+       "word_errors, words), worst first, instead of the corpus metrics"),
 )
 
 # Whisper (PREDICT / EVALUATE only): ThanoSQL's options plus decoding and compute settings.

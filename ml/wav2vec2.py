@@ -554,6 +554,16 @@ def _resolve_precision(requested: str, device) -> str:
     return "bf16" if requested == "bf16" else "no"
 
 
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """The learning rate's multiplier at `step` (0-based): linear warm-up over `warmup` steps
+    that starts above zero (step 0 gets 1/(warmup+1)), then linear decay that stays above zero
+    until the last step, so every step trains (transformers' schedule gives step 0 a zero
+    rate: a one-step BUILD changed nothing)."""
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    return max(0.0, (total - step) / max(1, total - warmup))
+
+
 def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
           progress_callback: ProgressCallback | None = None,
           should_stop: Callable[[], bool] | None = None, out_dir: str | None = None) -> dict:
@@ -592,7 +602,6 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
     locate(base_dir_or_id)  # a missing checkpoint fails here, before torch is even imported
 
     import torch
-    from transformers import get_linear_schedule_with_warmup
 
     _seed_everything(opts["seed"])
     _configure_threads()
@@ -634,7 +643,7 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
     if opts["max_steps"] is not None:
         total_steps = min(total_steps, opts["max_steps"])
     warmup = math.ceil(opts["warmup_ratio"] * total_steps)
-    scheduler = get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
     rng = random.Random(opts["seed"])
 
     step = 0

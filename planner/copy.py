@@ -7,8 +7,9 @@ paths are made absolute against the CSV's own folder, so a dataset folder can mo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -18,6 +19,7 @@ import pyarrow.parquet as pq
 
 from planner.errors import InvalidInput, NotFound
 from planner.paths import PathPolicy
+from planner.plans import Plan, reader_of
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".m4a", ".opus")
 FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".json": "json", ".jsonl": "json",
@@ -27,6 +29,50 @@ COPY_OPTIONS = {"if_exists": "'fail' (default), 'replace' or 'append'",
                 "format": "'csv', 'parquet' or 'json' (default: from the file's extension)",
                 "audio_col": "name of the path column made for a folder of audio files (default 'audio')",
                 "delimiter": "the CSV field delimiter (default ',')"}
+
+
+# What COPY, GET THANOSQL DATASET / MODEL and DELETE MODEL return: one row per table or model
+# written, as a result set (not a bare update count), so every client sees it: ADBC and
+# JDBC show it as a table, the notebook as a DataFrame.
+TABLE_RESULT_SCHEMA = pa.schema([pa.field("rows_affected", pa.int64(), nullable=False),
+                                 pa.field("table_name", pa.string(), nullable=False)])
+MODEL_RESULT_SCHEMA = pa.schema([pa.field("rows_affected", pa.int64(), nullable=False),
+                                 pa.field("model_name", pa.string(), nullable=False)])
+
+
+@dataclass
+class AffectedRows(Plan):
+    """A write reported as rows: `work` is an update node whose run returns its count (for
+    the one object `name`) or a list of (name, count) pairs."""
+    work: Any = None
+    name: str = ""
+    result: pa.Table | None = None  # once run_now has done the work
+    runs_at_once = True  # the server runs it when the statement is executed, not when read
+
+    def explain(self) -> str:
+        return self.work.explain()
+
+    def run_now(self, engine, params, cancel) -> "AffectedRows":
+        """Do the write now (through the engine: its timeout applies); the plan returned
+        only sends the row."""
+        table = engine.execute_query(self, params, cancel).read_all()
+        return AffectedRows(dataset_schema=self.dataset_schema, work=self.work, name=self.name, result=table)
+
+    def run(self, engine, params, cancel) -> pa.RecordBatchReader:
+        if self.result is not None:
+            return reader_of(self.result)
+        done = self.work.run(engine, params, cancel)
+        pairs = done if isinstance(done, list) else [(self.name, done)]
+        table = pa.table({self.dataset_schema.names[0]: [int(count) for _, count in pairs],
+                          self.dataset_schema.names[1]: [str(name) for name, _ in pairs]},
+                         schema=self.dataset_schema)
+        return reader_of(table)
+
+
+def affected_rows(work: Plan, name: str = "", of: str = "table") -> AffectedRows:
+    """`work` (an update node) as a query returning (rows_affected, table_name|model_name)."""
+    schema = TABLE_RESULT_SCHEMA if of == "table" else MODEL_RESULT_SCHEMA
+    return AffectedRows(dataset_schema=schema, work=work, name=name, parameter_schema=work.parameter_schema)
 
 
 def copy_mode(options: dict) -> str:

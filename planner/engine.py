@@ -130,7 +130,8 @@ class Engine:
         if isinstance(statement, st.CopyFrom):
             mode = copy_source.copy_mode(statement.options)
             self.policy.resolve(statement.path)
-            return update_plan(CopyFromPlan, statement=statement, mode=mode)
+            return copy_source.affected_rows(update_plan(CopyFromPlan, statement=statement, mode=mode),
+                                             statement.table)
         if isinstance(statement, st.CopyTo):
             self.policy.write_target(statement.path)
             return update_plan(CopyToPlan, statement=statement)

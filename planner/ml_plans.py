@@ -16,6 +16,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 
 from planner import statements as st
+from planner.copy import affected_rows
 from planner.errors import (AlreadyExists, Cancelled, FailedPrecondition, Internal, InvalidInput, NotFound,
                             PlannerError, ResourceExhausted)
 from planner.plans import CancelToken, Plan, param_rows, parameter_schema_of
@@ -92,11 +93,11 @@ def _plan(engine, statement: Any) -> Plan:
         registry.model_dir(statement.name)  # NotFound now, not at execute
         return _static(lambda: registry.describe(statement.name), f"DescribeModel: {statement.name}")
     if isinstance(statement, st.DeleteModel):
-        return update_plan(DeleteModelPlan, statement=statement)
+        return affected_rows(update_plan(DeleteModelPlan, statement=statement), statement.name, of="model")
     if isinstance(statement, st.GetDataset):
         from planner import datasets
         datasets.check_request(statement.name, statement.options)
-        return update_plan(GetDatasetPlan, statement=statement)
+        return affected_rows(update_plan(GetDatasetPlan, statement=statement))
     if isinstance(statement, st.GetModel):
         return GetModelPlan.prepare(engine, statement)
     if isinstance(statement, (st.BuildModel, st.FitModel)):
@@ -351,12 +352,33 @@ class PredictNode(InferenceNode):
                                                  self._batches(engine, transcriber, reader, cancel))
 
     def _batches(self, engine, transcriber, reader, cancel) -> Iterator[pa.RecordBatch]:
+        from planner import progress
+        tracker = progress.Tracker("PREDICT", self.statement.model)
+        try:
+            yield from self._transcribed(engine, transcriber, reader, cancel, tracker)
+        except BaseException:
+            tracker.finish("failed")
+            raise
+        tracker.finish()
+
+    def _transcribed(self, engine, transcriber, reader, cancel, tracker) -> Iterator[pa.RecordBatch]:
         audio_col = self.options["audio_col"]
         keep_going = self.options["on_error"] == "null"
+        # One output batch per transcriber batch: rows reach the client (and thanosql.progress
+        # counts them) as each batch of utterances finishes.
+        rows = max(1, min(PREDICT_CHUNK_ROWS, self.options["batch_size"]))
         offset = 0
-        for batch in reader:
-            for start in range(0, batch.num_rows, PREDICT_CHUNK_ROWS):
-                chunk = batch.slice(start, PREDICT_CHUNK_ROWS)
+        batches = iter(reader)
+        upcoming = next(batches, None)  # read one ahead: the total is known when the input ends
+        seen = 0
+        while upcoming is not None:
+            batch = upcoming
+            seen += batch.num_rows
+            upcoming = next(batches, None)
+            if upcoming is None:
+                tracker.set_total(seen)
+            for start in range(0, batch.num_rows, rows):
+                chunk = batch.slice(start, rows)
                 values = chunk.column(audio_col).to_pylist()
                 errors: list[str | None] | None = [None] * len(values) if keep_going else None
                 if errors is None:
@@ -376,6 +398,7 @@ class PredictNode(InferenceNode):
                                                    options=self.options)
                 cancel.check()
                 offset += chunk.num_rows
+                tracker.add(chunk.num_rows)
                 columns = [*chunk.columns, pa.array(texts, pa.string())]
                 if errors is not None:
                     columns.append(pa.array(errors, pa.string()))
@@ -394,7 +417,9 @@ class EvaluateNode(InferenceNode):
         df = _inner(engine, statement.query)
         _require_text_columns(df.schema(), {"audio_col": options["audio_col"], "text_col": options["text_col"]},
                               "EVALUATE")
-        return cls(dataset_schema=METRICS_SCHEMA, statement=statement, options=options, class_name=class_name,
+        from ml.metrics import UTTERANCE_SCHEMA
+        schema = UTTERANCE_SCHEMA if options.get("details") else METRICS_SCHEMA
+        return cls(dataset_schema=schema, statement=statement, options=options, class_name=class_name,
                    model_dir=str(engine.registry.model_dir(statement.model)), df=df,
                    parameter_schema=df.parameter_schema)
 
@@ -418,15 +443,37 @@ class EvaluateNode(InferenceNode):
                 raise InvalidInput(f"row {i}: the reference transcript in column '{text_col}' is NULL "
                                    f"(audio '{paths[i]}'); filter such rows out, e.g. WHERE {text_col} "
                                    "IS NOT NULL")
+        from planner import progress
         transcriber = engine.transcriber(self.model_dir, self.class_name, self.options)
-        stats: dict = {}
-        hyps = transcriber.transcribe(paths, self.options["batch_size"], should_stop=cancel.is_set,
-                                      max_seconds=self.options["max_duration"], stats=stats, options=self.options)
-        cancel.check()
+        tracker = progress.Tracker("EVALUATE", self.statement.model, total=len(paths))
+        try:
+            hyps, audio_seconds = self._transcribe(transcriber, paths, cancel, tracker)
+        except BaseException:
+            tracker.finish("failed")
+            raise
+        tracker.finish()
         normalizer = self.options["normalizer"]
-        scores = metrics.score(data[text_col], hyps, stats["audio_seconds"], normalizer=normalizer)
+        if self.options.get("details"):
+            table = metrics.utterance_table(data[audio_col], data[text_col], hyps, normalizer=normalizer)
+            return pa.RecordBatchReader.from_batches(self.dataset_schema, table.cast(self.dataset_schema).to_batches())
+        scores = metrics.score(data[text_col], hyps, audio_seconds, normalizer=normalizer)
         table = metrics.metrics_table(scores, normalizer=normalizer)
         return pa.RecordBatchReader.from_batches(METRICS_SCHEMA, table.cast(METRICS_SCHEMA).to_batches())
+
+    def _transcribe(self, transcriber, paths, cancel, tracker) -> tuple[list, float]:
+        """Batch by batch, each counted in thanosql.progress as it finishes."""
+        size = self.options["batch_size"]
+        hyps: list = []
+        audio_seconds = 0.0
+        for start in range(0, len(paths), size):
+            stats: dict = {}
+            hyps += transcriber.transcribe(paths[start:start + size], size, row_offset=start,
+                                           should_stop=cancel.is_set, max_seconds=self.options["max_duration"],
+                                           stats=stats, options=self.options)
+            cancel.check()
+            audio_seconds += stats["audio_seconds"]
+            tracker.add(len(paths[start:start + size]))
+        return hyps, audio_seconds
 
 
 @dataclass
@@ -515,8 +562,8 @@ class GetModelPlan(Plan):
         if not overwrite and engine.registry.exists(name.strip()):
             raise AlreadyExists(f"model '{name.strip()}' already exists; use GET THANOSQL MODEL {statement.name} "
                                 "OPTIONS (overwrite=True) for a new version of it, or model_name='...' for another name")
-        return update_plan(cls, statement=statement, model_name=name.strip(), overwrite=overwrite,
-                           base_model=base_model)
+        return affected_rows(update_plan(cls, statement=statement, model_name=name.strip(), overwrite=overwrite,
+                                         base_model=base_model), name.strip(), of="model")
 
     def run(self, engine, params, cancel):
         from ml.options import base_model_class, pretrained_class
@@ -554,10 +601,10 @@ class GetDatasetPlan(Plan):
         if existing and not overwrite:
             raise AlreadyExists(f"table(s) {', '.join(existing)} already exist; use GET THANOSQL DATASET "
                                 f"{self.statement.name} OPTIONS (overwrite=True) to replace them")
-        total = 0
+        counts = []
         for table, csv_path in tables.items():
             copy = st.CopyFrom(table, str(csv_path), {"if_exists": "replace" if overwrite else "fail"})
             node = update_plan(CopyFromPlan, statement=copy, mode="replace" if overwrite else "create")
-            total += node.run(engine, None, cancel)
-        return total
+            counts.append((table, node.run(engine, None, cancel)))
+        return counts  # one (table, rows) per table
 

@@ -21,7 +21,14 @@ from datafusion.catalog import SchemaProvider, Table
 SYSTEM_TABLES = {
     "models": lambda registry: registry.models_table(),
     "training_info": lambda registry: registry.training_info_table(),
+    "progress": lambda registry: _progress_table(),
 }
+LIVE_TABLES = {"progress"}  # in this process's memory: never cached by the catalog's version
+
+
+def _progress_table():
+    from planner import progress
+    return progress.table()
 
 
 def _as_table(snapshot) -> Table:
@@ -62,6 +69,8 @@ class RegistrySchema(SchemaProvider):
         if producer is None:
             return None
         registry = self.engine.registry
+        if name in LIVE_TABLES:
+            return _as_table(producer(registry))
         version = registry.data_version()
         with self._lock:
             cached = self._cache.get(name)

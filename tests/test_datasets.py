@@ -28,7 +28,9 @@ def client(start_server, librispeech):
 
 
 def test_get_dataset_creates_the_tutorial_tables(client):
-    assert client.query(GET)["rows_affected"].tolist() == [120]
+    got = client.query(GET)  # one row per table, through every client
+    assert got.to_dict("records") == [{"rows_affected": 100, "table_name": "librispeech_train"},
+                                      {"rows_affected": 20, "table_name": "librispeech_test"}]
     train = client.query("SELECT * FROM librispeech_train")
     test = client.query("SELECT * FROM librispeech_test")
     assert (len(train), len(test)) == (100, 20)
@@ -40,7 +42,7 @@ def test_get_dataset_creates_the_tutorial_tables(client):
     # The tutorial's own COPY works from the fetched files (relative to the data directory).
     copied = client.query("COPY tutorial_copy OPTIONS (if_exists='replace') "
                           "FROM 'thanosql-dataset/librispeech_data/librispeech_train.csv'")
-    assert copied["rows_affected"].tolist() == [100]
+    assert copied.to_dict("records") == [{"rows_affected": 100, "table_name": "tutorial_copy"}]
 
 
 def test_overwrite_semantics(client):
@@ -50,7 +52,7 @@ def test_overwrite_semantics(client):
     client.query("COPY librispeech_test OPTIONS (if_exists='append') "
                  "FROM 'thanosql-dataset/librispeech_data/librispeech_test.csv'")
     assert client.query("SELECT count(*) AS n FROM librispeech_test")["n"].tolist() == [40]
-    assert client.query(GET + " OPTIONS (overwrite=True)")["rows_affected"].tolist() == [120]
+    assert client.query(GET + " OPTIONS (overwrite=True)")["rows_affected"].tolist() == [100, 20]
     assert client.query("SELECT count(*) AS n FROM librispeech_test")["n"].tolist() == [20]
     leftovers = [p.name for p in (client.data_dir / "thanosql-dataset").iterdir()]
     assert leftovers == ["librispeech_data"]

@@ -276,7 +276,7 @@ def test_failed_model_is_deletable_and_does_not_use_up_a_version(ml_server, file
         [{"version": 1, "status": "failed"}]
     status, message = failure(url, "PREDICT USING f1 AS SELECT * FROM train_rows")
     assert status == "NOT_FOUND" and "failed" in message, (status, message)
-    assert execute(url, "DELETE MODEL f1") == 1
+    assert execute(url, "DELETE MODEL f1").to_pylist() == [{"rows_affected": 1, "model_name": "f1"}]
     assert execute(url, "SELECT * FROM thanosql.models WHERE name = 'f1'").num_rows == 0
     status, message = failure(url, "DELETE MODEL f1")
     assert status == "NOT_FOUND" and "f1" in message
@@ -327,7 +327,7 @@ def test_model_still_training_is_a_failed_precondition(ml_server, files):
     while execute(url, "SELECT 1 FROM thanosql.models WHERE name = 'busy' AND status = 'training'").num_rows:
         assert time.monotonic() < deadline
         time.sleep(0.1)
-    assert execute(url, "DELETE MODEL busy") == 1  # a cancelled model goes too
+    assert execute(url, "DELETE MODEL busy").to_pylist() == [{"rows_affected": 1, "model_name": "busy"}]  # a cancelled model goes too
 
 
 def test_predict_on_error_null_and_evaluate_null_reference(ml_server, files):
@@ -702,7 +702,7 @@ def test_training_that_diverges_is_failed_not_ready(ml_server, files, monkeypatc
     assert [r["status"] for r in runs] == ["failed"] and "diverged" in runs[0]["error"], runs
     status, message = failure(url, "PREDICT USING diverged AS SELECT * FROM nan_rows")
     assert status == "NOT_FOUND" and "failed" in message, (status, message)
-    assert execute(url, "DELETE MODEL diverged") == 1
+    assert execute(url, "DELETE MODEL diverged").to_pylist() == [{"rows_affected": 1, "model_name": "diverged"}]
 
     # In-process: a finite first step, then a NaN loss on the last one (no weight is NaN).
     import ml.checkpoints

@@ -85,7 +85,8 @@ def test_tutorial_end_to_end(start_server, librispeech, checkpoint):
     assert names == {"my_asr_model", "my_asr_model_v2"}
     after = execute(server.url, "PREDICT USING my_asr_model AS SELECT * FROM librispeech_test LIMIT 2")
     assert after.num_rows == 2
-    assert execute(server.url, "DELETE MODEL my_asr_model_v2") == 1
+    assert execute(server.url, "DELETE MODEL my_asr_model_v2").to_pylist() == [
+        {"rows_affected": 1, "model_name": "my_asr_model_v2"}]
     assert {m["name"] for m in execute(server.url, "LIST MODEL").to_pylist()} == {"my_asr_model"}
     with pytest.raises(flightsql.Error, match="my_asr_model_v2"):
         execute(server.url, "PREDICT USING my_asr_model_v2 AS SELECT * FROM librispeech_test")

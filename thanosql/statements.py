@@ -1,17 +1,19 @@
 """What the client needs to know about a statement before sending it.
 
 sqlglot's tokenizer (the one the server's parser uses) splits the text, so semicolons in
-strings or comments never split a statement; the first words tell which statements are
-long (BUILD / FIT / PREDICT / EVALUATE) and deserve a progress bar.
+strings or comments never split a statement. What a statement is (its kind, model,
+OPTIONS and inner query) is read by the server's own parser, planner.statements (pure
+Python over sqlglot's tokens: importing it brings in no DataFusion, torch or pyarrow), so
+the client and the server never disagree about a statement; the server stays the
+authority on whether it is valid.
 """
 
 from __future__ import annotations
 
-import ast
 from dataclasses import dataclass, field
 
 from sqlglot.errors import TokenError
-from sqlglot.tokens import Token, Tokenizer, TokenType
+from sqlglot.tokens import Tokenizer, TokenType
 
 from thanosql.errors import ThanoSQLError
 
@@ -56,64 +58,35 @@ def single(sql: str) -> Statement:
 
 
 def describe(sql: str) -> Statement:
+    """The statement's kind, and for ML statements its model, options and query, as the
+    server's own parser (planner.statements) reads them: one grammar, one OPTIONS reader.
+
+    Text that parser refuses is still sent: the server reports the problem, so the
+    client never has a second opinion on what is valid."""
+    from planner.errors import PlannerError
+    from planner.statements import parse
+
+    kind = _first_word(sql)
+    try:
+        parsed = parse(sql)
+    except PlannerError:
+        return Statement(sql, kind)
+    if kind == "EXPLAIN":
+        return Statement(sql, kind)
+    model = getattr(parsed, "model", None) or getattr(parsed, "name", None)
+    if kind not in ("BUILD", "FIT", "PREDICT", "EVALUATE"):
+        model = None
+    return Statement(sql, kind, model, dict(getattr(parsed, "options", None) or {}),
+                     getattr(parsed, "query", None))
+
+
+def _first_word(sql: str) -> str:
     try:
         tokens = Tokenizer().tokenize(sql)
     except TokenError:
-        return Statement(sql)
-    if not tokens:
-        return Statement(sql)
-    words = [_word(t) for t in tokens]
-    kind = words[0]
-    model, i = None, None
-    if kind in ("BUILD", "FIT") and words[1:2] == ["MODEL"] and len(tokens) > 2:
-        model, i = _name(tokens[2]), 3
-    elif kind in ("PREDICT", "EVALUATE") and words[1:2] == ["USING"] and len(tokens) > 2:
-        model, i = _name(tokens[2]), 3
-    elif kind == "PRINT":
-        i = 2
-    if i is None:
-        return Statement(sql, kind)
-    while i < len(tokens) and words[i] not in ("OPTIONS", "AS"):
-        i += 1  # FIT MODEL new USING old ...
-    options: dict = {}
-    if i < len(tokens) and words[i] == "OPTIONS":
-        options, i = _options(tokens, i + 1)
-    query = None
-    if i < len(tokens) and words[i] == "AS" and i + 1 < len(tokens):
-        query = sql[tokens[i + 1].start:].strip()
-    return Statement(sql, kind, model, options, query)
-
-
-def _word(tok: Token) -> str:
-    if tok.token_type in (TokenType.STRING, TokenType.IDENTIFIER):
         return ""
-    return tok.text.upper()
-
-
-def _name(tok: Token) -> str:
-    """Unquoted names fold to lower case, as on the server."""
-    return tok.text if tok.token_type == TokenType.IDENTIFIER else tok.text.lower()
-
-
-def _options(tokens: list[Token], i: int) -> tuple[dict, int]:
-    """Parse `(k=v, ...)` from tokens[i]; returns (options, index after ')')."""
-    options: dict = {}
-    if i >= len(tokens) or tokens[i].token_type != TokenType.L_PAREN:
-        return options, i
-    i += 1
-    while i < len(tokens) and tokens[i].token_type != TokenType.R_PAREN:
-        if i + 2 < len(tokens) and tokens[i + 1].token_type == TokenType.EQ:
-            options[tokens[i].text.lower()] = _value(tokens[i + 2])
-            i += 3
-        else:
-            i += 1
-    return options, i + 1
-
-
-def _value(tok: Token):
-    if tok.token_type == TokenType.STRING:
-        return tok.text
-    try:
-        return ast.literal_eval(tok.text)
-    except (ValueError, SyntaxError):
-        return tok.text
+    for tok in tokens:
+        if tok.token_type not in (TokenType.STRING, TokenType.IDENTIFIER, TokenType.SEMICOLON):
+            return tok.text.upper()
+        return ""
+    return ""
