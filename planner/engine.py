@@ -72,6 +72,8 @@ class Engine:
         self.store = TableStore(self.data_dir, self.ctx)
         from planner import system_tables
         system_tables.register(self)
+        from planner import ml_functions
+        ml_functions.register(self.ctx, self)  # transcribe(), wer(), ... in every query
         self.load_problems = self.store.load()
         self._transcribers: dict[str, Any] = {}
         self._transcribers_lock = threading.Lock()
@@ -110,6 +112,10 @@ class Engine:
     def prepare(self, sql: str) -> Plan:
         """Plan `sql` without side effects: DDL, DML and ML work happen only in execute."""
         statement = st.parse(sql)
+        from planner import composition
+        composed = composition.plan(self, statement)  # ML statements nested in SQL, ML functions
+        if composed is not None:
+            return composed
         if isinstance(statement, st.Query):
             df = self.run_datafusion(lambda: self.ctx.sql_with_options(sql, READ_ONLY))
             return SqlQuery(dataset_schema=utf8_schema(df.schema()),

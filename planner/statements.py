@@ -264,6 +264,32 @@ def _tokenize(sql: str) -> list[Token]:
     return tokens
 
 
+def tokenize(sql: str) -> list[Token]:
+    """The statement's tokens (sqlglot's lexer), after the one-statement and shape limits."""
+    return _tokenize(sql)
+
+
+#: The statements that return a table and may stand in a query where a table can
+#: (a subquery, a CTE, CREATE TABLE ... AS): planner/composition.py runs them first.
+NESTABLE_STATEMENTS = (Predict, Evaluate, ListModels, ListModelClasses, ListDatasets, ListTables, DescribeModel)
+
+
+def parse_options_text(text: str, context: str) -> dict[str, Any]:
+    """`name=literal, ...` written inside a string (transcribe()'s options) read as the
+    OPTIONS (...) clause of a statement: the same lexer and the same literals."""
+    if not text.strip():
+        return {}
+    try:
+        cur = _Cursor("OPTIONS (" + text + ")", _tokenize("OPTIONS (" + text + ")"))
+        options = _options(cur)
+        cur.done(context)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{context}: {exc}") from None
+    except RecursionError:
+        raise InvalidInput(f"{context}: the options nest too deeply to be read") from None
+    return options
+
+
 def parse(sql: str) -> Any:
     """Recognise one statement. Raises InvalidInput with a message naming the problem."""
     try:
