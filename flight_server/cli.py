@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    default=float(env("THANOSQL_STATEMENT_TIMEOUT", "0")),
                    help="stop any statement (query, write, BUILD, PREDICT...) that runs longer "
                         "(DEADLINE_EXCEEDED); 0, the default, means no limit")
+    p.add_argument("--cache-memory", metavar="SIZE", default=env("THANOSQL_CACHE_MEMORY", "25%"),
+                   help="memory for serving hot tables as Arrow (e.g. 4GiB, 512MB, 25%% of RAM; "
+                        "0 reads every query from Parquet); default %(default)s")
     p.add_argument("--log-level", default=env("THANOSQL_LOG_LEVEL", "INFO"))
     return p
 
@@ -92,8 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         tls = [(Path(args.tls_cert).read_bytes(), Path(args.tls_key).read_bytes())]
         scheme = "grpc+tls"
 
+    from planner.table_cache import parse_memory
+    try:
+        cache_memory = parse_memory(args.cache_memory)
+    except ValueError as exc:
+        print(f"--cache-memory: {exc}", file=sys.stderr)
+        return 2
     engine = Engine(args.data_dir, allowed_roots=args.allow_path, dataset_mirror=args.dataset_mirror,
-                    statement_timeout=args.statement_timeout)
+                    statement_timeout=args.statement_timeout, cache_memory=cache_memory)
     for problem in engine.load_problems:
         logging.getLogger("thanosql.server").warning("could not restore %s", problem)
     server = FlightSqlServer(engine, f"{scheme}://{args.host}:{args.port}",

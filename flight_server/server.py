@@ -25,7 +25,7 @@ from flight_server.errors import translated, translated_batches
 from flight_server.handles import HandleStore
 from planner.engine import Engine
 from planner.errors import InvalidInput, NotFound, Unsupported
-from planner.plans import CancelToken, Plan
+from planner.plans import CancelToken, Plan, Precomputed
 
 log = logging.getLogger("thanosql.server")
 
@@ -204,8 +204,10 @@ class FlightSqlServer(flight.FlightServerBase):
             prepared = self._prepared(command.prepared_statement_handle, owner)
             return self._ticket_for(prepared.plan, prepared.params, owner, context)
         if P.type_name(command) in _METADATA_SCHEMAS:
+            # Computed once: DoGet sends this very table (a ticket holding the command
+            # itself, from an older server, is still served).
             table = self._metadata(command)
-            return table.schema, flight.Ticket(P.pack(command))
+            return self._ticket_for(Precomputed(dataset_schema=table.schema, table=table), None, owner)
         raise Unsupported(f"GetFlightInfo does not support {P.type_name(command)}")
 
     def _ticket_for(self, plan: Plan, params, owner: str, context=None) -> tuple[pa.Schema, flight.Ticket]:
@@ -248,19 +250,26 @@ class FlightSqlServer(flight.FlightServerBase):
             if execution.plan.is_update:
                 count = self.engine.execute_update(execution.plan, execution.params, execution.cancel)
                 return flight.RecordBatchStream(pa.table({"count": [count]}, schema=UPDATE_RESULT_SCHEMA))
-            reader = self.engine.execute_query(execution.plan, execution.params, execution.cancel)
+            result = self.engine.execute(execution.plan, execution.params, execution.cancel)
         except BaseException:
             self._finished(handle)
             raise
+        if isinstance(result, pa.Table):
+            # Rows already in memory (a cached table version, a metadata result): pyarrow
+            # sends them without Python in the loop, as a bare Flight server would.
+            self._finished(handle)
+            return flight.RecordBatchStream(_conforming_table(result, execution.plan.dataset_schema))
+        reader = result
+        schema = _announced(reader.schema, execution.plan.dataset_schema)
         # A GeneratorStream, not a RecordBatchStream over a Python-backed reader: pyarrow
         # sends a FlightError raised by a generator with its own status, while one raised
         # inside a reader becomes UNKNOWN with a Python detail. Python runs once per
         # batch either way.
-        return flight.GeneratorStream(reader.schema, self._stream(context, handle, reader))
+        return flight.GeneratorStream(schema, self._stream(context, handle, reader, schema))
 
-    def _stream(self, context, handle: bytes, reader):
+    def _stream(self, context, handle: bytes, reader, schema: pa.Schema):
         try:
-            yield from translated_batches(_conforming(reader), context)
+            yield from translated_batches(_conforming(reader, schema), context)
         finally:
             self._finished(handle)
 
@@ -430,15 +439,33 @@ def _opt(message, name: str):
     return getattr(message, name) if message.HasField(name) else None
 
 
-def _conforming(reader):
-    """The reader's batches, each with exactly the reader's schema: GeneratorStream refuses
-    a batch whose schema differs (e.g. in nullability); the old RecordBatchStream path
-    sent it as is. Zero-copy."""
-    schema = reader.schema
+def _announced(actual: pa.Schema, announced: pa.Schema) -> pa.Schema:
+    """The schema GetFlightInfo announced, when the rows have its names and types: a
+    statement planned again at DoGet (a table was written in between) may differ in
+    nullability only, and clients refuse a stream whose schema is not the announced one."""
+    if len(actual) == len(announced) and all(
+            a.name == b.name and a.type == b.type for a, b in zip(actual, announced)):
+        return announced
+    return actual
+
+
+def _conforming(reader, schema: pa.Schema):
+    """The reader's batches, each with exactly `schema`: GeneratorStream refuses a batch
+    whose schema differs (e.g. in nullability); the old RecordBatchStream path sent it as
+    is. Zero-copy."""
     for batch in reader:
         if batch.schema != schema:
             batch = pa.RecordBatch.from_arrays(batch.columns, schema=schema)
         yield batch
+
+
+def _conforming_table(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """The table with exactly the schema announced in GetFlightInfo (nullability aside,
+    the cached version's columns are that schema's)."""
+    if table.schema == schema or _announced(table.schema, schema) is not schema:
+        return table
+    return pa.Table.from_batches([pa.RecordBatch.from_arrays(b.columns, schema=schema)
+                                  for b in table.to_batches()], schema)
 
 
 def _read_params(reader) -> pa.RecordBatch | None:

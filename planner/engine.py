@@ -23,18 +23,22 @@ from planner import copy as copy_source
 from planner import limits
 from planner.errors import Cancelled, InvalidInput, PlannerError, datafusion_error
 from planner.paths import ConfinedContext, PathPolicy, external_tables_of
-from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, explain_table, param_rows, parameter_schema_of
+from planner.plans import (
+    EMPTY_SCHEMA, CancelToken, Plan, explain_table, param_rows, parameter_schema_of, reader_of,
+)
 from planner.sql_plans import (
     DML_ONLY, LIST_TABLES_SCHEMA, READ_ONLY, CopyFromPlan, CopyToPlan, CreateExternalPlan, CreateTablePlan,
     CreateViewPlan, DropPlan, SqlDml, SqlQuery, StaticRows, list_tables, update_plan,
 )
 from planner.storage import ROW_GROUP_ROWS, TableStore, disk_full_is_exhausted, utf8_schema
+from planner.table_cache import TableCache, parse_memory
 
 DEFAULT_CATALOG = "datafusion"
 DEFAULT_SCHEMA = "public"
 SYSTEM_SCHEMA = "thanosql"
 TRANSCRIBER_CACHE_SIZE = 2
 INGEST_MODES = ("create", "append", "replace", "create_append")
+DEFAULT_CACHE_MEMORY = "25%"  # of physical memory: hot tables served as Arrow
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,8 @@ def session_config() -> SessionConfig:
 
 class Engine:
     def __init__(self, data_dir: str | Path, allowed_roots: Iterable[str | Path] = (),
-                 dataset_mirror: str | Path | None = None, statement_timeout: float = 0.0):
+                 dataset_mirror: str | Path | None = None, statement_timeout: float = 0.0,
+                 cache_memory: int | str = DEFAULT_CACHE_MEMORY):
         limits.use_large_thread_stacks()  # before DataFusion starts its threads
         self.statement_timeout = statement_timeout
         self.data_dir = Path(data_dir).resolve()
@@ -69,7 +74,8 @@ class Engine:
         self.ctx = ConfinedContext(self.config, self.policy,
                                    lambda: external_tables_of(getattr(self, "store", None)))
         self.dataset_mirror = Path(dataset_mirror) if dataset_mirror else None
-        self.store = TableStore(self.data_dir, self.ctx)
+        budget = cache_memory if isinstance(cache_memory, int) else parse_memory(cache_memory)
+        self.store = TableStore(self.data_dir, self.ctx, TableCache(budget, self.config))
         from planner import system_tables
         system_tables.register(self)
         from planner import ml_functions
@@ -117,9 +123,11 @@ class Engine:
         if composed is not None:
             return composed
         if isinstance(statement, st.Query):
+            epoch = self.store.pins.epoch
             df = self.run_datafusion(lambda: self.ctx.sql_with_options(sql, READ_ONLY))
             return SqlQuery(dataset_schema=utf8_schema(df.schema()),
-                            parameter_schema=parameter_schema_of(df.logical_plan()), sql=sql)
+                            parameter_schema=parameter_schema_of(df.logical_plan()), sql=sql,
+                            planned=df, epoch=epoch)
         if isinstance(statement, st.Dml):
             df = self.run_datafusion(lambda: self.ctx.sql_with_options(sql, DML_ONLY))
             return SqlDml(dataset_schema=EMPTY_SCHEMA, is_update=True,
@@ -165,25 +173,47 @@ class Engine:
 
     def execute_query(self, plan: Plan, params: pa.RecordBatch | None = None,
                       cancel: CancelToken | None = None) -> pa.RecordBatchReader:
+        result = self.execute(plan, params, cancel)
+        return reader_of(result) if isinstance(result, pa.Table) else result
+
+    def execute(self, plan: Plan, params: pa.RecordBatch | None = None,
+                cancel: CancelToken | None = None) -> pa.RecordBatchReader | pa.Table:
+        """A query's rows: a reader, or a table when they are already in memory (a stored
+        table's cached version), which the server sends without Python in the loop.
+
+        The statement pins the table versions it plans against until its reader ends."""
         if plan.is_update:
             raise InvalidInput("this statement returns no rows; execute it as an update")
         cancel = self._timed(cancel)
-        with _timeout_reported(cancel):
-            return plan.run(self, params, cancel)
+        pin = self.store.pins.begin()
+        try:
+            with _timeout_reported(cancel):
+                result = plan.run(self, params, cancel)
+        except BaseException:
+            pin.release()
+            raise
+        if isinstance(result, pa.Table):
+            pin.release()  # the rows are in memory: no file of the version is read any more
+            return result
+        return released_at_end(result, pin)
 
     def execute_update(self, plan: Plan, params: pa.RecordBatch | None = None,
                        cancel: CancelToken | None = None) -> int:
         cancel = self._timed(cancel)
-        with _timeout_reported(cancel):
-            if not plan.is_update:
-                # A query sent as an update (e.g. CommandStatementUpdate with a SELECT): run
-                # it, report its row count, as other Flight SQL servers do.
-                reader = plan.run(self, params, cancel)
-                return sum(b.num_rows for b in reader)
-            # Writes through the store are all-or-nothing and say so; this catches a full
-            # disk met by what DataFusion writes itself (COPY ... TO, external tables).
-            with disk_full_is_exhausted("running the statement", "what it wrote may be incomplete"):
-                return int(plan.run(self, params, cancel))
+        pin = self.store.pins.begin()
+        try:
+            with _timeout_reported(cancel):
+                if not plan.is_update:
+                    # A query sent as an update (e.g. CommandStatementUpdate with a SELECT): run
+                    # it, report its row count, as other Flight SQL servers do.
+                    result = plan.run(self, params, cancel)
+                    return result.num_rows if isinstance(result, pa.Table) else sum(b.num_rows for b in result)
+                # Writes through the store are all-or-nothing and say so; this catches a full
+                # disk met by what DataFusion writes itself (COPY ... TO, external tables).
+                with disk_full_is_exhausted("running the statement", "what it wrote may be incomplete"):
+                    return int(plan.run(self, params, cancel))
+        finally:
+            pin.release()
 
     def _timed(self, cancel: CancelToken | None) -> CancelToken:
         """The statement's token, its timeout started (the server's --statement-timeout)."""
@@ -239,7 +269,7 @@ class Engine:
         wanted = {t.upper() for t in types} if types else None
         result = []
         for cat, schema in self.db_schemas(catalog, schema_pattern):
-            for name in sorted(self.ctx.catalog(cat).schema(schema).table_names()):
+            for name in sorted(table_names(self.ctx.catalog(cat).schema(schema))):
                 if not like(name, table_pattern):
                     continue
                 kind = self._table_type(schema, name)
@@ -259,6 +289,22 @@ class Engine:
             return "SYSTEM TABLE"
         stored = self.store.get(name) if schema == DEFAULT_SCHEMA else None
         return "VIEW" if stored is not None and stored.kind == "view" else "TABLE"
+
+
+def table_names(schema) -> list[str]:
+    """The names in a DataFusion schema; a Python schema provider has them as an attribute."""
+    names = schema.table_names
+    return list(names() if callable(names) else names)
+
+
+def released_at_end(reader: pa.RecordBatchReader, pin) -> pa.RecordBatchReader:
+    """`reader`, releasing `pin` when it is exhausted, fails or is dropped unfinished."""
+    def batches():
+        try:
+            yield from reader
+        finally:
+            pin.release()
+    return pa.RecordBatchReader.from_batches(reader.schema, batches())
 
 
 @contextlib.contextmanager

@@ -72,7 +72,18 @@ class Plan:
         return type(self).__name__
 
     def run(self, engine: Any, params: pa.RecordBatch | None, cancel: CancelToken) -> Any:
+        """Queries: a RecordBatchReader, or a pa.Table when the rows are in memory already;
+        updates: the affected-row count."""
         raise NotImplementedError
+
+
+@dataclass
+class Precomputed(Plan):
+    """Rows computed when the statement was planned (a metadata result), sent as they are."""
+    table: pa.Table | None = None
+
+    def run(self, engine: Any, params: pa.RecordBatch | None, cancel: CancelToken) -> pa.Table:
+        return self.table
 
 
 def explain_table(text: str) -> pa.Table:

@@ -15,6 +15,7 @@ from planner.errors import (
 )
 from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, guarded, param_rows, reader_of
 from planner.storage import conform, table_ref, utf8_schema
+from planner.table_cache import MAX_BATCH_BYTES
 
 READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 DML_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(True).with_allow_statements(False)
@@ -29,15 +30,37 @@ def stream_dataframe(df: Any, cancel: CancelToken) -> pa.RecordBatchReader:
     first batch in a way the timeout can interrupt: an aggregation or a sort does all its
     work before that batch, and only dropping DataFusion's future stops it.
     """
-    if cancel.deadline is None:
-        reader = pa.RecordBatchReader.from_stream(df)
-        source_schema, batches = reader.schema, reader
-    else:
-        source_schema, batches = df.schema(), _interruptible_batches(df, cancel)
+    source_schema = df.schema()
+    batches = _batches(df) if cancel.deadline is None else _interruptible_batches(df, cancel)
     schema = utf8_schema(source_schema)
-    if schema == source_schema:
-        return guarded(schema, batches, cancel)
-    return guarded(schema, (b.cast(schema) for b in batches), cancel)
+    if schema != source_schema:
+        batches = (b.cast(schema) for b in batches)
+    return guarded(schema, _sized_for_grpc(batches), cancel)
+
+
+def _batches(df: Any) -> Iterator[pa.RecordBatch]:
+    """DataFusion's batches through `execute_stream`, which runs the partitions in parallel
+    ahead of the reader (the Arrow C stream of a DataFrame reads them one after another:
+    2M rows from Parquet took 229 ms that way, 50 ms this way, measured here)."""
+    try:
+        stream = df.execute_stream()
+        for batch in stream:
+            yield batch.to_pyarrow()
+    except PlannerError:
+        raise
+    except Exception as exc:  # DataFusion's own errors, raised mid-stream
+        raise datafusion_error(exc) from None
+
+
+def _sized_for_grpc(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """Batches over MAX_BATCH_BYTES (wide rows: audio, long text) sent as slices."""
+    for batch in batches:
+        if batch.num_rows > 1 and batch.nbytes > MAX_BATCH_BYTES:
+            rows = max(1, batch.num_rows * MAX_BATCH_BYTES // batch.nbytes)
+            for start in range(0, batch.num_rows, rows):
+                yield batch.slice(start, rows)
+        else:
+            yield batch
 
 
 def _interruptible_batches(df: Any, cancel: CancelToken) -> Iterator[pa.RecordBatch]:
@@ -103,7 +126,12 @@ def quote_literal(text: str) -> str:
 
 @dataclass
 class SqlQuery(Plan):
+    """A query DataFusion plans and runs. Planned once: the plan made at prepare runs as it
+    is while no table, view or external table has changed since (`epoch`), else the
+    statement is planned again against the current versions."""
     sql: str = ""
+    planned: Any = None
+    epoch: int = -1
 
     def explain(self) -> str:
         return f"SqlQuery: {self.sql}"
@@ -112,8 +140,62 @@ class SqlQuery(Plan):
         rows = param_rows(params, len(self.parameter_schema))
         if len(rows) != 1:
             raise InvalidInput(f"a query takes exactly one row of parameters; {len(rows)} were bound")
-        df = engine.run_datafusion(lambda: engine.ctx.sql_with_options(self.sql, READ_ONLY, param_values=rows[0]))
+        if self.planned is not None and not rows[0] and engine.store.pins.epoch == self.epoch:
+            df = self.planned
+        else:
+            df = engine.run_datafusion(
+                lambda: engine.ctx.sql_with_options(self.sql, READ_ONLY, param_values=rows[0]))
+        table = in_memory_rows(engine, df)
+        if table is not None:
+            return table
         return stream_dataframe(df, cancel)
+
+
+_PASS_THROUGH = {"Projection", "SubqueryAlias"}
+
+
+def in_memory_rows(engine, df: Any) -> pa.Table | None:
+    """The fast path: a query that only reads a stored table's columns (SELECT * FROM t,
+    SELECT b, a FROM t) whose version is in memory gets those columns as they are held,
+    with no execution at all; None for any other query."""
+    node = df.logical_plan()
+    while type(node.to_variant()).__name__ in _PASS_THROUGH:
+        inputs = node.inputs()
+        if len(inputs) != 1:
+            return None
+        node = inputs[0]
+    if type(node.to_variant()).__name__ != "TableScan":
+        return None
+    optimized = df.optimized_logical_plan()
+    top = optimized.to_variant()
+    scan = top
+    if type(top).__name__ == "Projection":
+        if any(e.variant_name() != "Column" for e in top.projections()):
+            return None
+        scan = optimized.inputs()[0].to_variant()
+    if type(scan).__name__ != "TableScan" or scan.filters():
+        return None
+    table = _cached_table(engine, scan.table_name())
+    schema = utf8_schema(df.schema())
+    if table is None or any(name not in table.schema.names for name in schema.names):
+        return None
+    table = table.select(schema.names)
+    if not table.schema.equals(schema):
+        return None
+    fetch = scan.fetch()
+    return table.slice(0, fetch) if fetch is not None else table
+
+
+def _cached_table(engine, shown: str) -> pa.Table | None:
+    """The in-memory version of the stored table a scan names (DataFusion shows it
+    unquoted, qualified or not)."""
+    from planner.engine import DEFAULT_CATALOG, DEFAULT_SCHEMA
+    for prefix in ("", f"{DEFAULT_SCHEMA}.", f"{DEFAULT_CATALOG}.{DEFAULT_SCHEMA}."):
+        if shown.startswith(prefix):
+            table = engine.store.in_memory(shown[len(prefix):])
+            if table is not None:
+                return table
+    return None
 
 
 @dataclass
@@ -365,7 +447,8 @@ LIST_TABLES_SCHEMA = pa.schema([pa.field("table_name", pa.string(), nullable=Fal
 
 
 def list_tables(engine) -> pa.Table:
-    names = sorted(r for r in engine.ctx.catalog().schema("public").table_names())
+    from planner.engine import table_names
+    names = sorted(table_names(engine.ctx.catalog().schema("public")))
     return pa.table({"table_name": pa.array(names, pa.string())}, schema=LIST_TABLES_SCHEMA)
 
 

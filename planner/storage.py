@@ -1,28 +1,32 @@
-"""The embedded catalog: persisted tables, views and external tables.
+"""The embedded catalog: persisted tables, views and external tables, as versions.
 
-Tables live as Parquet folders under `data_dir/tables/`, registered in DataFusion as
-listing tables. The catalog rows live in `data_dir/catalog.sqlite`. Every write goes
-through this store under its lock and commits in one step, so readers and a restarted
-server see all of a statement's rows or none of them:
+Every write makes a new immutable version of the table: a folder of Parquet files under
+`data_dir/tables/`, named by the catalog row `tables.folder` of `catalog.sqlite`. Readers
+and a restarted server see all of a statement's rows or none, and a statement reads the
+version it planned against to its end:
 
 - create / replace: a complete new folder is staged (`.staging-*`), fsynced and renamed
-  into place, then the catalog row is switched in one durable transaction (the commit
-  point); the old folder is dropped afterwards.
-- append (INSERT, ingest, COPY ... append): all the statement's rows go into one Parquet
-  file staged beside the folders (`.staging-*.parquet`), fsynced, then renamed into the
-  table's folder (the commit point) and the folder fsynced. DataFusion's file-list cache
-  is off, so the next scan lists the new file: no re-registration, no moment without the
-  table.
+  into place;
+- append (INSERT, ingest, COPY ... append): the new folder holds hard links to the current
+  version's files (no data is copied) and one new Parquet file with all the statement's
+  rows;
+- then the catalog row is switched to the new folder in one durable SQLite transaction
+  (the commit point), and DataFusion's `public` schema (versions.CurrentTables) to its
+  provider in one step: no moment without the table. Views are re-planned against it.
+- the replaced folder is deleted once no statement that could have planned against it
+  is still running (versions.ReaderPins); a crash leaves it to the start-up sweep.
 
 Nothing is acknowledged before the data and the catalog switch are on disk (fsync of the
-file, its folder, and SQLite's WAL with synchronous=FULL). A full disk anywhere in a write
-is ResourceExhausted and leaves nothing. Start-up sweeps whatever a crash left behind.
+files, their folders, and SQLite's WAL with synchronous=FULL). A full disk anywhere in a
+write is ResourceExhausted and leaves nothing. Hot versions are also served from memory
+(table_cache.TableCache), which never goes stale because a version never changes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import re
 import shutil
@@ -39,6 +43,10 @@ import pyarrow.parquet as pq
 from datafusion import SessionContext
 
 from planner.errors import AlreadyExists, InvalidInput, NotFound, ResourceExhausted
+from planner.table_cache import TableCache
+from planner.versions import CurrentTables, ReaderPins
+
+log = logging.getLogger(__name__)
 
 # Row groups of 64k rows: both cores decode in parallel and min/max statistics prune
 # point queries (1M-row fetch 72 -> 37 ms, `WHERE id = x` 28 -> 3 ms, measured here).
@@ -151,19 +159,26 @@ def utf8_schema(schema: pa.Schema) -> pa.Schema:
 class TableStore:
     """Owns `catalog.sqlite`'s table rows and keeps DataFusion's catalog in step with them."""
 
-    def __init__(self, data_dir: Path, ctx: SessionContext):
+    def __init__(self, data_dir: Path, ctx: SessionContext, cache: TableCache | None = None,
+                 schema_name: str = "public"):
         self.data_dir = Path(data_dir)
         self.tables_dir = self.data_dir / "tables"
         self.tables_dir.mkdir(parents=True, exist_ok=True)
         self.ctx = ctx
         self.lock = threading.RLock()  # serialises every write (catalog and appends); queries never take it
         self.db_path = self.data_dir / "catalog.sqlite"
+        self.cache = cache or TableCache(0)
+        self.pins = ReaderPins()
+        # name -> folder of the current version, for the stored tables of the schema.
+        self._current: dict[str, Path] = {}
+        self.schema = CurrentTables(resolve=self._resolve)
+        ctx.catalog().register_schema(schema_name, self.schema)
         # Settings for the scratch contexts that build listing tables (copied before the
         # SET below: a config copied after a SET makes contexts without their catalog).
         self._scratch_config = ctx.copied_config()
-        # A listing table lists its folder on every scan: a file renamed into the folder
-        # is seen by the next query without re-registering (and so without a moment
-        # when the table is missing). Listing a local folder costs microseconds.
+        # Version folders never change, but an external table's folder does: DataFusion
+        # lists a folder at every scan (microseconds on a local disk), so a file added
+        # to an external table's folder is seen by the next query.
         ctx.sql("SET datafusion.runtime.list_files_cache_limit = '0'").collect()
         with self._db() as db:
             db.execute(_SCHEMA)
@@ -189,7 +204,14 @@ class TableStore:
     def _drop_folder(self, folder: str | None) -> None:
         if folder:
             with contextlib.suppress(InvalidInput):
-                shutil.rmtree(self._folder(folder), ignore_errors=True)
+                path = self._folder(folder)
+                self.cache.drop(str(path))
+                shutil.rmtree(path, ignore_errors=True)
+
+    def _retire(self, folder: str | None) -> None:
+        """The catalog no longer names `folder`: delete it once no running statement can
+        read it (at once when none is running)."""
+        self.pins.changed(drop=(lambda: self._drop_folder(folder)) if folder else None)
 
     def load(self) -> list[str]:
         """Register every stored object in DataFusion; returns the problems met (if any)."""
@@ -200,7 +222,7 @@ class TableStore:
         for name, kind, folder, sql in rows:
             try:
                 if kind == "table":
-                    self._register_folder(name, self._folder(folder))
+                    self._show_table(name, self._folder(folder))
                 else:
                     self.ctx.sql(sql).collect()
             except Exception as exc:  # one broken object must not stop the server
@@ -285,23 +307,39 @@ class TableStore:
         except BaseException:
             shutil.rmtree(self.tables_dir / folder, ignore_errors=True)
             raise
-        self._publish(name, "table", folder, existing)
+        self._publish(name, folder, existing)
         return rows
 
     def _append(self, existing: StoredObject, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
-        """All the rows in one file, renamed into the table's folder: all of them or none."""
+        """A new version: links to the current version's files (no data copied) and one new
+        file with all the statement's rows, in a new folder: all of the rows or none."""
         target = self.table_schema(existing.name)
-        folder = self._folder(existing.folder)
-        part = f"part-{uuid.uuid4().hex[:12]}.parquet"
-        tmp = self.tables_dir / f"{STAGING_PREFIX}append-{part}"
+        current = self._folder(existing.folder)
+        folder = folder_name(existing.name)
+        staging = self.tables_dir / f"{STAGING_PREFIX}{folder}"
+        staging.mkdir()
         try:
-            rows = _write_parquet(tmp, (conform(b, target, existing.name) for b in batches), target,
+            rows = _write_parquet(staging / f"part-{uuid.uuid4().hex[:12]}.parquet",
+                                  (conform(b, target, existing.name) for b in batches), target,
                                   source_schema=schema, table=existing.name, skip_empty=True)
-            if rows:
-                tmp.rename(folder / part)  # the commit point
-                _fsync(folder)
-        finally:
-            tmp.unlink(missing_ok=True)
+            if not rows:
+                shutil.rmtree(staging, ignore_errors=True)
+                return 0
+            for part in sorted(current.iterdir()):
+                if part.suffix == ".parquet" and not part.name.startswith(".") and part.is_file():
+                    _link_or_copy(part, staging / part.name)
+            _fsync(staging)
+            staging.rename(self.tables_dir / folder)
+            _fsync(self.tables_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        try:
+            self._commit_row(existing.name, "table", folder, None)
+        except BaseException:
+            shutil.rmtree(self.tables_dir / folder, ignore_errors=True)
+            raise
+        self._publish(existing.name, folder, existing)
         return rows
 
     def _commit_row(self, name: str, kind: str, folder: str | None, sql: str | None) -> None:
@@ -314,20 +352,18 @@ class TableStore:
                        (name, kind, folder, sql, seq, _now()))
             db.execute("COMMIT")
 
-    def _publish(self, name: str, kind: str, folder: str | None, existing: StoredObject | None) -> None:
-        """After the commit: show the new object to DataFusion, drop the old folder."""
-        # Build the new listing table first (listing, schema inference), so the name is
-        # missing only for the instant between the two calls below.
-        provider = self._listing_table(self._folder(folder)) if kind == "table" else None
-        if self.exists_in_session(name):
-            self.ctx.deregister_table(table_ref(name))
-        if provider is not None:
-            self.ctx.register_table(table_ref(name), provider)
-        if existing is not None and existing.folder != folder:
-            self._drop_folder(existing.folder)
+    def _publish(self, name: str, folder: str, existing: StoredObject | None) -> None:
+        """After the commit: switch DataFusion's name to the new version (in one step),
+        re-plan the views, and retire the old version."""
+        self._show_table(name, self._folder(folder))
+        self.refresh_views()
+        self._retire(existing.folder if existing is not None and existing.folder != folder else None)
 
-    def _register_folder(self, name: str, folder: Path) -> None:
-        self.ctx.register_table(table_ref(name), self._listing_table(folder))
+    def _show_table(self, name: str, folder: Path) -> None:
+        provider = self._listing_table(folder)
+        self._current[name] = folder
+        self.schema.put(name, provider)
+        self.cache.request(str(folder), provider.schema)
 
     def _listing_table(self, folder: Path):
         """A DataFusion listing table over `folder`, built in a scratch context with the
@@ -335,6 +371,42 @@ class TableStore:
         scratch = SessionContext(self._scratch_config)
         scratch.register_parquet("t", str(folder) + "/")
         return scratch.table_provider("t")
+
+    def _resolve(self, name: str, provider):
+        """What a statement planned now reads for `name`: the current version, from memory
+        when it is cached (the first read asks for it to be loaded)."""
+        folder = self._current.get(name)
+        if folder is None:
+            return provider  # a view or an external table
+        cached = self.cache.get(str(folder))
+        if cached is not None:
+            return cached.provider
+        self.cache.request(str(folder), provider.schema)
+        return provider
+
+    def in_memory(self, name: str) -> pa.Table | None:
+        """The current version of stored table `name` as Arrow, when it is in memory."""
+        folder = self._current.get(name)
+        cached = self.cache.get(str(folder)) if folder is not None else None
+        return cached.table if cached is not None else None
+
+    def refresh_views(self) -> None:
+        """Plan every view again, in creation order, against the current versions: a view
+        planned once would read the version its tables had then, for ever. A view that no
+        longer plans (a table it reads was dropped) is hidden until it plans again."""
+        from datafusion.plan import LogicalPlan
+        with self._db() as db:
+            views = db.execute("SELECT name, sql FROM planner_objects WHERE kind = 'view' ORDER BY seq").fetchall()
+        for name, sql in views:
+            try:
+                explained = self.ctx.sql("EXPLAIN " + sql)
+                node = explained.logical_plan().to_variant().plan().to_variant()
+                view = self.ctx.create_dataframe_from_logical_plan(LogicalPlan(node.input()[0])).into_view()
+            except Exception as exc:
+                log.warning("view %s is hidden until it plans again: %s", name, str(exc).splitlines()[0])
+                self.schema.deregister_table(name)
+                continue
+            self.schema.put(name, view)
 
     # --- views and external tables ------------------------------------------------------
 
@@ -349,8 +421,9 @@ class TableStore:
                 db.execute("INSERT INTO planner_objects VALUES (?, ?, NULL, ?, ?, ?)",
                            (name, kind, sql, seq, _now()))
                 db.execute("COMMIT")
-            if existing is not None:
-                self._drop_folder(existing.folder)
+            if existing is not None and existing.folder:
+                self._current.pop(name, None)
+            self._retire(existing.folder if existing is not None else None)
 
     def drop(self, name: str, kind: str, if_exists: bool) -> bool:
         with self.lock:
@@ -366,9 +439,10 @@ class TableStore:
                 raise NotFound(f"{kind} '{name}' does not exist")
             with self._db() as db:
                 db.execute("DELETE FROM planner_objects WHERE name = ?", (name,))
-            if self.exists_in_session(name):
-                self.ctx.deregister_table(table_ref(name))
-            self._drop_folder(existing.folder)
+            self._current.pop(name, None)
+            self.schema.deregister_table(name)
+            self.refresh_views()
+            self._retire(existing.folder)
             return True
 
 
@@ -455,6 +529,18 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema, table: str) -> pa.RecordBatc
         return batch.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
         raise InvalidInput(f"the rows do not fit table '{table}': {exc}") from None
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A new name for an immutable file: a hard link (no data copied); a copy where the
+    file system has no hard links."""
+    try:
+        os.link(source, target)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        shutil.copyfile(source, target)
+        _fsync(target)
 
 
 def _fsync(path: Path) -> None:
