@@ -199,6 +199,43 @@ _WHISPER_PREDICT = _PREDICT[:1] + (
        minimum=1),) + _PREDICT[2:] + _WHISPER_DECODE
 _WHISPER_EVALUATE = _EVALUATE + _WHISPER_DECODE
 
+# Whisper fine-tuning (BUILD / FIT): the shared training options with defaults for a small
+# pretrained seq2seq model (a low peak rate, few epochs), Whisper's 30 s window as the length
+# limit, and what the decoder prompt says (language, task) for multilingual weights.
+_WHISPER_TRAIN = (
+    _AUDIO_COL,
+    _TEXT_COL,
+    _o("batch_size", "int", 8, "utterances per optimizer step", minimum=1),
+    _o("epochs", "int", 3, "passes over the training rows", aliases=("max_epochs",), minimum=1),
+    _o("learning_rate", "float", 1e-5, "peak AdamW learning rate, in (0, 1] (1e-5 suits tiny/base; "
+       "higher rates forget what the pretrained model knew)", minimum=0.0, min_exclusive=True, maximum=1.0),
+    _o("overwrite", "bool", False, "replace an existing model of the same name (as a new version)"),
+    _o("seed", "int", 42, "random seed (batch order, dropout), 0 to 2**32 - 1", minimum=0, maximum=2 ** 32 - 1),
+    _o("warmup_ratio", "float", 0.1, "fraction of steps warming the learning rate up (from above zero, so a "
+       "one-step FIT trains)", minimum=0.0, maximum=1.0),
+    _o("max_grad_norm", "float", 1.0, "gradient clipping norm", minimum=0.0, min_exclusive=True),
+    _o("weight_decay", "float", 0.0, "AdamW weight decay, 0 to 1", minimum=0.0, maximum=1.0),
+    _o("mixed_precision", "precision", "auto", "'auto' = bf16/fp16 autocast on a GPU, fp32 on CPU",
+       aliases=("fp16",)),
+    _o("freeze_encoder", "bool", False, "keep the audio encoder fixed and train the decoder only (faster, "
+       "less memory; adapts vocabulary and style rather than acoustics)"),
+    _o("max_steps", "int", None, "stop after this many optimizer steps (NULL = no limit)", minimum=1,
+       nullable=True),
+    _o("max_duration", "float", 30.0, "longest utterance to train on, in seconds, at most 30 (Whisper's "
+       "window); longer ones are refused or, with too_long='skip', left out", minimum=0.0, min_exclusive=True,
+       maximum=30.0),
+    _o("too_long", "str", "error",
+       "what to do with an utterance over max_duration: 'error' (fail, naming the row and file) "
+       "or 'skip' (leave it out; the result's skipped_rows counts them)", choices=("error", "skip")),
+    _o("language", "str", "en", "language code of the transcripts (the decoder prompt of multilingual "
+       "models; English-only models take 'en' only)"),
+)
+_WHISPER_BUILD = _WHISPER_TRAIN + (
+    _o("base_model", "str", "whisper_tiny_en",
+       "weights to fine-tune: a packaged model (whisper_tiny_en, whisper_base), a CTranslate2 Whisper "
+       "folder, a transformers Whisper checkpoint folder, or a Hugging Face hub id"),
+)
+
 
 @dataclass(frozen=True)
 class ModelClass:
@@ -238,12 +275,12 @@ MODEL_CLASSES: dict[str, ModelClass] = {
     "Whisper": ModelClass(
         name="Whisper",
         task="speech-recognition",
-        description="OpenAI Whisper speech recognition and translation to English, pretrained, on "
-                    "CTranslate2 (batched across files; any length); get weights with GET THANOSQL MODEL",
-        options={"predict": _WHISPER_PREDICT, "evaluate": _WHISPER_EVALUATE},
+        description="OpenAI Whisper speech recognition and translation to English on CTranslate2 (batched "
+                    "across files; any length); pretrained weights with GET THANOSQL MODEL, fine-tuned "
+                    "with transformers by BUILD / FIT (default base whisper_tiny_en)",
+        options={"build": _WHISPER_BUILD, "fit": _WHISPER_TRAIN, "predict": _WHISPER_PREDICT,
+                 "evaluate": _WHISPER_EVALUATE},
         module="ml.whisper",
-        unsupported="fine-tuning Whisper is a separate feature (issue 14); Whisper models come "
-                    "ready from GET THANOSQL MODEL whisper_tiny_en (or whisper_base)",
         pretrained=("whisper_tiny_en", "whisper_base"),
         base_models=True,
     ),

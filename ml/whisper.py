@@ -1,8 +1,10 @@
-"""Whisper: pretrained speech recognition (and translation) on CTranslate2, PREDICT / EVALUATE only.
+"""Whisper: speech recognition (and translation) on CTranslate2 for PREDICT / EVALUATE; BUILD / FIT entry points.
 
 Weights are CTranslate2 Whisper folders (``model.bin``, ``config.json``, ``tokenizer.json``,
 ``vocabulary.txt``), registered as model versions by GET THANOSQL MODEL from packages that
-install offline (see ``PRETRAINED``).  Fine-tuning Whisper in SQL is a separate feature.
+install offline (see ``PRETRAINED``), or written by BUILD / FIT: fine-tuning runs in
+transformers (``ml/whisper_training.py``, from weights converted by ``ml/whisper_convert.py``)
+and its result is exported back to CTranslate2 for this module to load.
 
 Why ``ctranslate2.models.Whisper`` directly rather than faster-whisper's ``transcribe``:
 faster-whisper decodes one file at a time (its batched pipeline batches the 30 s chunks of
@@ -581,5 +583,25 @@ class Transcriber:
         u.text_tokens.extend(t for t in kept if t < tokenizer.eot)
 
 
-def train(*_args, **_kwargs):  # pragma: no cover - refused at planning (no BUILD/FIT schema)
-    raise BadOptions("fine-tuning Whisper is not supported yet (a separate feature, issue 14)")
+# ----------------------------------------------------------------------------- fine-tuning (BUILD / FIT)
+
+#: Shortest training file (0.1 s): Whisper pads every input to its 30 s window, so any
+#: non-empty file could be heard, but a file this short holds no speech to learn from.
+MIN_TRAIN_SAMPLES = SAMPLE_RATE // 10
+
+
+def screen_training_rows(paths: Sequence[str], rows: Sequence[int] | None = None, *,
+                         max_seconds: float | None = 30.0, skip_long: bool = False):
+    """Every training file checked from its header before training (see wav2vec2's): returns
+    (kept indices, their 16 kHz lengths, skipped indices)."""
+    from .wav2vec2 import screen_training_rows as screen
+
+    return screen(paths, rows, max_seconds=max_seconds, skip_long=skip_long, min_samples=MIN_TRAIN_SAMPLES)
+
+
+def train(base: str, rows, options: dict, progress_callback=None, should_stop=None, out_dir: str | None = None) -> dict:
+    """Fine-tune Whisper with transformers and export the result to CTranslate2
+    (``ml/whisper_training.py``); the worker process calls this."""
+    from .whisper_training import train as fine_tune
+
+    return fine_tune(base, rows, options, progress_callback, should_stop, out_dir)

@@ -33,10 +33,10 @@ def server(tmp_path_factory):
     proc.stop()
 
 
-def test_list_get_and_no_fine_tuning(server):
+def test_list_get_and_bad_requests(server):
     listed = execute(server.url, "LIST THANOSQL MODEL").to_pylist()
     whisper = next(r for r in listed if r["name"] == "Whisper")
-    assert whisper["statements"] == "PREDICT, EVALUATE"
+    assert whisper["statements"] == "BUILD, FIT, PREDICT, EVALUATE"  # fine-tuning: test_whisper_finetune.py
     for option in ("audio_col", "batch_size", "language", "task", "result_col", "beam_size", "compute_type"):
         assert option in whisper["options"]
     assert "whisper_tiny_en (MIT; installed)" in whisper["pretrained"] and "whisper_base" in whisper["pretrained"]
@@ -46,10 +46,8 @@ def test_list_get_and_no_fine_tuning(server):
         execute(server.url, "GET THANOSQL MODEL whisper_tiny_en OPTIONS (model_name='my_whisper')")
     with pytest.raises(flightsql.Error, match="unknown pretrained model 'whisper_huge'.*whisper_tiny_en"):
         execute(server.url, "GET THANOSQL MODEL whisper_huge")
-    with pytest.raises(flightsql.Error, match="does not support BUILD.*separate feature"):
-        execute(server.url, "BUILD MODEL w USING Whisper AS SELECT * FROM librispeech_test")
-    with pytest.raises(flightsql.Error, match="does not support FIT.*separate feature"):
-        execute(server.url, "FIT MODEL w USING my_whisper AS SELECT * FROM librispeech_test")
+    with pytest.raises(flightsql.Error, match="unknown option 'beam_size' of BUILD with Whisper"):
+        execute(server.url, "BUILD MODEL w USING Whisper OPTIONS (beam_size=2) AS SELECT * FROM librispeech_test")
     with pytest.raises(flightsql.Error, match="English-only.*whisper_base"):
         execute(server.url, "PREDICT USING my_whisper OPTIONS (task='translate') AS SELECT * FROM librispeech_test")
 
