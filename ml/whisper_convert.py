@@ -208,7 +208,7 @@ def tokenizer_from_file(tokenizer_file: str):
     """transformers' ``WhisperTokenizer`` over a Whisper ``tokenizer.json`` (no hub, no vocab.json)."""
     from transformers import WhisperTokenizer
 
-    return WhisperTokenizer(tokenizer_file=tokenizer_file)
+    return WhisperTokenizer(tokenizer_file=tokenizer_file, pad_token="<|endoftext|>")  # as openai/whisper-*
 
 
 def feature_extractor(num_mel_bins: int):
