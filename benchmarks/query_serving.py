@@ -215,7 +215,10 @@ def run(args) -> dict:
                      "table_bytes": table.nbytes, "contenders": {}}
     try:
         contenders.append(DataFusionInProcess(table))
-        contenders.append(DuckDbInProcess(table))
+        try:
+            contenders.append(DuckDbInProcess(table))
+        except ImportError:  # the bench extra installs it
+            C.log("DuckDB skipped (pip install -e '.[bench]')")
         contenders.append(EngineInProcess(table, tmp / "engine-data"))
 
         table_file = tmp / "t.arrow"
