@@ -391,22 +391,43 @@ class TableStore:
         return cached.table if cached is not None else None
 
     def refresh_views(self) -> None:
-        """Plan every view again, in creation order, against the current versions: a view
-        planned once would read the version its tables had then, for ever. A view that no
-        longer plans (a table it reads was dropped) is hidden until it plans again."""
-        from datafusion.plan import LogicalPlan
+        """Plan every view again against the current versions, each after the views it
+        reads: a view planned once would read the versions its tables had then, for ever.
+        A view that no longer plans (a table it reads was dropped) is hidden until it
+        plans again."""
         with self._db() as db:
-            views = db.execute("SELECT name, sql FROM planner_objects WHERE kind = 'view' ORDER BY seq").fetchall()
-        for name, sql in views:
-            try:
-                explained = self.ctx.sql("EXPLAIN " + sql)
-                node = explained.logical_plan().to_variant().plan().to_variant()
-                view = self.ctx.create_dataframe_from_logical_plan(LogicalPlan(node.input()[0])).into_view()
-            except Exception as exc:
-                log.warning("view %s is hidden until it plans again: %s", name, str(exc).splitlines()[0])
+            views = dict(db.execute("SELECT name, sql FROM planner_objects WHERE kind = 'view' ORDER BY seq"))
+        done: set[str] = set()
+
+        def refresh(name: str, seen: tuple[str, ...]) -> None:
+            if name in done or name in seen:
+                return
+            first = self._plan_view(name, views[name])
+            if first is not None:
+                inner = [n for n in _scanned_names(first) if n in views and n != name]
+                for dep in inner:
+                    refresh(dep, seen + (name,))
+                if inner:
+                    first = self._plan_view(name, views[name])
+            done.add(name)
+            if first is None:
                 self.schema.deregister_table(name)
-                continue
-            self.schema.put(name, view)
+            else:
+                self.schema.put(name, first.into_view())
+
+        for name in views:
+            refresh(name, ())
+
+    def _plan_view(self, name: str, sql: str):
+        """The view's query planned now, as a DataFrame (None when it no longer plans)."""
+        from datafusion.plan import LogicalPlan
+        try:
+            explained = self.ctx.sql("EXPLAIN " + sql)
+            node = explained.logical_plan().to_variant().plan().to_variant()
+            return self.ctx.create_dataframe_from_logical_plan(LogicalPlan(node.input()[0]))
+        except Exception as exc:
+            log.warning("view %s is hidden until it plans again: %s", name, str(exc).splitlines()[0])
+            return None
 
     # --- views and external tables ------------------------------------------------------
 
@@ -423,6 +444,7 @@ class TableStore:
                 db.execute("COMMIT")
             if existing is not None and existing.folder:
                 self._current.pop(name, None)
+            self.refresh_views()  # views over a replaced view or external table follow it
             self._retire(existing.folder if existing is not None else None)
 
     def drop(self, name: str, kind: str, if_exists: bool) -> bool:
@@ -529,6 +551,19 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema, table: str) -> pa.RecordBatc
         return batch.cast(schema)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
         raise InvalidInput(f"the rows do not fit table '{table}': {exc}") from None
+
+
+def _scanned_names(df) -> set[str]:
+    """The names a DataFrame's plan reads: its table scans, and its views, which DataFusion
+    inlines as `SubqueryAlias: name` (subqueries in expressions included)."""
+    names = set()
+    for line in df.logical_plan().display_indent().splitlines():
+        line = line.strip()
+        for prefix in ("TableScan: ", "SubqueryAlias: "):
+            if line.startswith(prefix):
+                name = line[len(prefix):].split(" projection=")[0].split(" ")[0]
+                names.add(name.split(".")[-1] if name.startswith(("public.", "datafusion.public.")) else name)
+    return names
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

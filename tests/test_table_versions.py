@@ -172,3 +172,27 @@ def test_views_follow_the_current_version_and_the_cache_serves_the_same_rows(tmp
     finally:
         cached.stop()
         uncached.stop()
+
+
+def test_views_over_views_and_subqueries_follow_every_change(tmp_path):
+    from planner.engine import Engine
+    engine = Engine(tmp_path / "data")
+
+    def run(sql):
+        plan = engine.prepare(sql)
+        if plan.is_update:
+            return engine.execute_update(plan)
+        return engine.execute_query(plan).read_all().to_pylist()
+
+    run("CREATE TABLE t AS SELECT 1 AS a")
+    run("CREATE VIEW v1 AS SELECT a FROM t")
+    run("CREATE VIEW v2 AS SELECT a * 2 AS b FROM v1")
+    run("CREATE VIEW v3 AS SELECT count(*) AS n FROM t WHERE a IN (SELECT a - 10 FROM v1)")
+    assert (run("SELECT * FROM v2"), run("SELECT * FROM v3")) == ([{"b": 2}], [{"n": 0}])
+    run("CREATE OR REPLACE VIEW v1 AS SELECT a + 10 AS a FROM t")  # v2, v3 read v1: re-planned after it
+    assert (run("SELECT * FROM v2"), run("SELECT * FROM v3")) == ([{"b": 22}], [{"n": 1}])
+    run("INSERT INTO t VALUES (2)")
+    assert sorted(r["b"] for r in run("SELECT * FROM v2")) == [22, 24]
+    assert run("SELECT * FROM v3") == [{"n": 2}]
+    run("CREATE OR REPLACE TABLE t AS SELECT 5 AS a")
+    assert run("SELECT * FROM v2") == [{"b": 30}]
