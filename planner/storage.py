@@ -56,6 +56,10 @@ STAGING_PREFIX = ".staging-"
 # short, so no name reaches the file system (no '/', '..', leading '.', length limits) and
 # no folder can look like staging. Older data directories keep their folders: the catalog
 # row names the folder, whatever its form.
+# An append links the current version's files into its new folder; past this many files,
+# the small ones are merged into the appended file instead (bounded links and scans).
+MAX_FILES_PER_VERSION = 64
+COMPACT_BELOW_BYTES = 8 << 20
 SLUG_CHARS = 40
 MAX_NAME_CHARS = 1024
 _NOT_SLUG = re.compile(r"[^a-z0-9_]+")
@@ -325,9 +329,19 @@ class TableStore:
             if not rows:
                 shutil.rmtree(staging, ignore_errors=True)
                 return 0
-            for part in sorted(current.iterdir()):
-                if part.suffix == ".parquet" and not part.name.startswith(".") and part.is_file():
-                    _link_or_copy(part, staging / part.name)
+            parts = [p for p in sorted(current.iterdir())
+                     if p.suffix == ".parquet" and not p.name.startswith(".") and p.is_file()]
+            small = [p for p in parts if p.stat().st_size < COMPACT_BELOW_BYTES]
+            if len(parts) + 1 > MAX_FILES_PER_VERSION and len(small) > 1:
+                # Many small appends (single-row INSERTs): their files are merged with the new
+                # one, so a version stays a bounded number of files to link and to scan.
+                (new_part,) = staging.iterdir()
+                _write_parquet(staging / f"part-{uuid.uuid4().hex[:12]}.parquet",
+                               _file_batches([*small, new_part]), target, table=existing.name)
+                new_part.unlink()
+                parts = [p for p in parts if p not in small]
+            for part in parts:
+                _link_or_copy(part, staging / part.name)
             _fsync(staging)
             staging.rename(self.tables_dir / folder)
             _fsync(self.tables_dir)
@@ -564,6 +578,11 @@ def _scanned_names(df) -> set[str]:
                 name = line[len(prefix):].split(" projection=")[0].split(" ")[0]
                 names.add(name.split(".")[-1] if name.startswith(("public.", "datafusion.public.")) else name)
     return names
+
+
+def _file_batches(paths: list[Path]) -> Iterator[pa.RecordBatch]:
+    for path in paths:
+        yield from pq.ParquetFile(path).iter_batches(batch_size=ROW_GROUP_ROWS)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:

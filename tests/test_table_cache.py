@@ -123,3 +123,15 @@ def test_a_read_of_an_uncached_version_is_served_from_parquet_and_asks_for_a_loa
     assert run(engine, "SELECT count(*) AS n FROM a").column("n").to_pylist() == [ROWS]
     settle(engine)
     assert cached(engine, "a")
+
+
+def test_many_small_appends_keep_a_version_to_a_bounded_number_of_files(tmp_path):
+    from planner.storage import MAX_FILES_PER_VERSION
+    engine = Engine(tmp_path / "data", cache_memory=0)
+    run(engine, "CREATE TABLE t (k BIGINT, v VARCHAR)")
+    for k in range(MAX_FILES_PER_VERSION + 10):
+        run(engine, f"INSERT INTO t VALUES ({k}, 'row {k}')")
+    (folder,) = (tmp_path / "data" / "tables").iterdir()
+    assert len(list(folder.iterdir())) <= MAX_FILES_PER_VERSION
+    rows = run(engine, "SELECT k, v FROM t ORDER BY k").to_pylist()
+    assert rows == [{"k": k, "v": f"row {k}"} for k in range(MAX_FILES_PER_VERSION + 10)]
