@@ -24,7 +24,10 @@ Each statement that calls these functions gets its own instances bound to its Ca
 stops the running inference between batches, and an error met inside a function is kept
 so the statement fails with the clean message (naming the row and the file), not
 DataFusion's wrapping of a Python exception.  The instances registered on the engine's
-shared session (for views and other paths) are bound to no statement.
+shared session serve what reaches DataFusion without naming a function in its own text (a
+view's query, the query after an ML statement's AS): they are bound to no statement, so a
+cancel stops them only once their current batch is done, their row numbers count from 0 in
+each batch, and their errors reach the client as DataFusion wraps them.
 """
 
 from __future__ import annotations
@@ -57,6 +60,10 @@ class FunctionState:
         self._lock = threading.Lock()
 
     def take_rows(self, n: int) -> int:
+        """The number of the first of `n` rows: counted over the statement's calls, or from 0
+        in each call for the engine-wide instances (they serve every statement at once)."""
+        if self.cancel is None:
+            return 0
         with self._lock:
             start = self._rows
             self._rows += n
