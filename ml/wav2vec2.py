@@ -558,7 +558,9 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     """The learning rate's multiplier at `step` (0-based): linear warm-up over `warmup` steps
     that starts above zero (step 0 gets 1/(warmup+1)), then linear decay that stays above zero
     until the last step, so every step trains (transformers' schedule gives step 0 a zero
-    rate: a one-step BUILD changed nothing)."""
+    rate: a one-step BUILD changed nothing). Warm-up is cut to at most total - 1 steps, so
+    the peak rate is reached (a one-step run trains at the full rate)."""
+    warmup = max(0, min(warmup, total - 1))
     if step < warmup:
         return (step + 1) / (warmup + 1)
     return max(0.0, (total - step) / max(1, total - warmup))

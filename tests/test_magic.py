@@ -116,14 +116,17 @@ def test_build_shows_progress_then_predict_and_print_audio(connected, tables, ca
         "BUILD MODEL magic_asr USING Wav2Vec2En OPTIONS (audio_col='audio', text_col='text', epochs=1, "
         "batch_size=8) AS SELECT * FROM librispeech_train ORDER BY audio LIMIT 16")
     err = capsys.readouterr().err
-    assert "BUILD magic_asr" in err and "2/2 steps" in err and "loss" in err
+    # Not a terminal: plain lines, never carriage returns; the last one is the final state.
+    assert "\r" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("BUILD magic_asr v1: 2/2 steps, epoch 1.00/1, loss "), err
     result = connected.run_cell(
         "result = %thanosql PREDICT USING magic_asr OPTIONS (audio_col='audio', result_col='predict_result') "
         "AS SELECT * FROM librispeech_test LIMIT 4")
     assert result.success, result.error_in_exec
     predicted = connected.user_ns["result"]
     assert list(predicted.columns) == ["audio", "text", "predict_result"] and len(predicted) == 4
-    assert "PREDICT magic_asr" in capsys.readouterr().err
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("PREDICT magic_asr: 4/4 utterances [")
     models = connected.run_line_magic("thanosql", "SELECT name, status FROM thanosql.models")
     assert models.values.tolist() == [["magic_asr", "ready"]]
 
@@ -144,8 +147,9 @@ def test_without_configuration_a_local_server_is_started_once(shell, tmp_path, m
     try:
         assert shell.run_line_magic("thanosql", "SELECT 1 AS x")["x"].tolist() == [1]
         shell.run_line_magic("thanosql", "SELECT 2 AS x")
-        err = capsys.readouterr().err
-        assert err.count("a local one was started at grpc://127.0.0.1:") == 1
+        out = capsys.readouterr()
+        assert out.out.count("a local one was started at grpc://127.0.0.1:") == 1  # a notice, not stderr
+        assert "local one" not in out.err
         assert (tmp_path / "default-data" / "catalog.sqlite").exists()
     finally:
         if local_server._shared is not None:
@@ -199,3 +203,48 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except (FileNotFoundError, IndexError):
         return False
+
+
+def test_a_server_url_is_checked_at_once(shell, server, capsys):
+    with pytest.raises(thanosql.ThanoSQLError) as err:
+        shell.run_line_magic("thanosql", "grpc://127.0.0.1:1")  # nothing listens there
+    assert err.value.code == "UNAVAILABLE" and "127.0.0.1:1" in str(err.value)
+    shell.run_line_magic("thanosql", server.url)  # it answers, and wants a token
+    assert "requires an API token" in capsys.readouterr().out
+
+
+def test_problems_are_reported_before_any_progress(connected, tables, capsys):
+    for sql, words in (("PREDICT USING no_such_model AS SELECT * FROM librispeech_test", ["no_such_model"]),
+                       ("EVALUATE USING magic_asr OPTIONS (batch_sise=2) AS SELECT * FROM librispeech_test",
+                        ["batch_sise"])):
+        result = connected.run_cell(f"%thanosql {sql}")
+        assert isinstance(result.error_in_exec, thanosql.ThanoSQLError)
+        assert all(w in str(result.error_in_exec) for w in words)
+        out = capsys.readouterr()
+        assert sql.split()[0] not in out.err, out.err  # no progress line was drawn
+
+
+def test_copy_get_and_delete_return_a_row_over_adbc(server, tables):
+    import adbc_driver_flightsql.dbapi as flightsql
+    with flightsql.connect(server.url, autocommit=True, db_kwargs={
+            "adbc.flight.sql.authorization_header": f"Bearer {TOKEN}"}) as conn, conn.cursor() as cur:
+        cur.execute("COPY magic_copy OPTIONS (if_exists='replace') "
+                    "FROM 'thanosql-dataset/librispeech_data/librispeech_test.csv'")
+        assert [d[0] for d in cur.description] == ["rows_affected", "table_name"]
+        cur.execute("DELETE MODEL IF EXISTS never_built")  # the COPY's result was never read:
+        assert cur.fetchall() == [(0, "never_built")]
+        cur.execute("SELECT count(*) FROM magic_copy")  # ...it was done all the same
+        assert cur.fetchall() == [(20,)]
+
+
+def test_evaluate_details_rows_and_the_worst_utterances(connected, tables, capsys):
+    frame = connected.run_cell_magic(
+        "thanosql", "", "EVALUATE USING magic_asr OPTIONS (details=True, normalizer='basic') "
+                        "AS SELECT * FROM librispeech_test ORDER BY audio LIMIT 3")
+    assert list(frame.columns) == ["row", "audio", "reference", "transcript", "wer", "word_errors", "words",
+                                   "reference_normalized", "transcript_normalized"]
+    assert sorted(frame["row"]) == [0, 1, 2] and list(frame["wer"]) == sorted(frame["wer"], reverse=True)
+    assert "worst 3 of 3 utterances" in capsys.readouterr().out
+    from thanosql.pictures import WorstUtterances
+    shown = WorstUtterances(frame)._repr_html_()
+    assert shown.count("<tr>") == 4 and "background:#fdd" in shown  # a random model gets words wrong

@@ -21,12 +21,17 @@ def audio_column(table: pa.Table, default: str = "audio") -> str:
     return metadata.get(AUDIO_COL_KEY, default.encode()).decode()
 
 
-class AudioPlayers(list):
-    """The rows' `IPython.display.Audio` objects (None for unreadable files), shown labelled."""
+TEXT_COLUMNS = ("text", "transcript", "predict_result")  # shown under each player when present
 
-    def __init__(self, paths: list[str | None], limit: int = MAX_PLAYERS):
+
+class AudioPlayers(list):
+    """The rows' `IPython.display.Audio` objects (None for unreadable files), shown labelled,
+    with the row's transcripts (`texts`: column name -> values) under each player."""
+
+    def __init__(self, paths: list[str | None], limit: int = MAX_PLAYERS, texts: dict | None = None):
         from IPython.display import Audio
         self.paths = list(paths)
+        self.texts = dict(texts or {})
         self.problems: dict[int, str] = {}
         players = []
         for i, path in enumerate(self.paths[:limit]):
@@ -46,6 +51,12 @@ class AudioPlayers(list):
             display({"text/plain": label, "text/html": f"<code>{html.escape(label)}</code>"}, raw=True)
             if player is not None:
                 display(player)
+            lines = [(name, values[i]) for name, values in self.texts.items() if values[i] is not None]
+            if lines:
+                display({"text/plain": "\n".join(f"{name}: {value}" for name, value in lines),
+                         "text/html": "".join(f'<div style="margin:0 0 0.8em 0.5em"><span style="color:#777">'
+                                              f'{html.escape(name)}</span> {html.escape(str(value))}</div>'
+                                              for name, value in lines)}, raw=True)
         hidden = len(self.paths) - len(self)
         if hidden > 0:
             display({"text/plain": f"... {hidden} more rows not shown (LIMIT the query)"}, raw=True)
@@ -56,4 +67,6 @@ class AudioPlayers(list):
 
 def players_for(table: pa.Table) -> AudioPlayers:
     column = audio_column(table)
-    return AudioPlayers(table.column(column).to_pylist() if column in table.column_names else [])
+    texts = {name: table.column(name).to_pylist() for name in TEXT_COLUMNS
+             if name in table.column_names and name != column}
+    return AudioPlayers(table.column(column).to_pylist() if column in table.column_names else [], texts=texts)

@@ -1,9 +1,10 @@
 """`Client`: one statement in, one pandas DataFrame out; what the magic stands on.
 
-Statements that return rows come back as their table; updates (DDL, COPY, DELETE MODEL,
-GET THANOSQL DATASET) as a one-row `rows_affected` frame, as ThanoSQL's client shows them.
-Long statements (BUILD, FIT, PREDICT, EVALUATE) can run under a progress bar
-(thanosql.progress) fed by a second connection.
+Statements that return rows come back as their table (COPY, GET THANOSQL ... and DELETE
+MODEL too: the server returns `rows_affected` and the table or model name); other updates
+(CREATE, INSERT, DROP) as a one-row `rows_affected` frame. Long statements (BUILD, FIT,
+PREDICT, EVALUATE) show the server's progress while they run (thanosql.progress), read on a
+second connection.
 """
 
 from __future__ import annotations
@@ -90,11 +91,34 @@ class Client:
 
     def execute(self, sql: str, progress: bool = True) -> Result:
         statement = statements.single(sql)
-        if progress:
+        if progress and statement.model:
             from thanosql import progress as bars
             if statement.kind in bars.LONG_STATEMENTS:
                 return bars.run_with_progress(self, statement)
         return self.run(statement)
+
+    def check(self) -> str:
+        """Ask the server something at once: ThanoSQLError if it cannot be reached; a note
+        if it answers but wants a token (set with API_TOKEN next)."""
+        try:
+            conn = self.new_connection()
+            try:
+                cursor = conn.cursor()
+                cursor.execute("SELECT 1")
+                cursor.fetchall()
+                cursor.close()
+            finally:
+                conn.close()
+        except ThanoSQLError as exc:
+            if exc.code == "UNAUTHENTICATED":
+                return "it answers and requires an API token: %thanosql API_TOKEN=<token>"
+            raise
+        except Exception as exc:  # noqa: BLE001 - a driver error
+            error = from_driver(exc, self.url or "")
+            if error.code == "UNAUTHENTICATED":
+                return "it answers and requires an API token: %thanosql API_TOKEN=<token>"
+            raise error from None
+        return "it answers"
 
     def run(self, statement: statements.Statement, on_rows: Callable[[int], None] | None = None,
             on_cursor: Callable[[object], None] | None = None) -> Result:

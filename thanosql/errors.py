@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 
 _CODE = re.compile(r"^([A-Z_]+): ")
-_TRAILER = re.compile(r"\s*\((\w+); (\w+)\)\s*$")
+_TRAILER = re.compile(r"\s*\(([A-Z]\w+); [^()]*\)[^()]*$")  # "(NotFound; Prepare)", "(Unavailable; ...). Vendor code: 14"
 
 HINTS = {
     "UNAUTHENTICATED": "set the token with %thanosql API_TOKEN=<token> (or env THANOSQL_API_TOKEN)",
@@ -40,6 +40,9 @@ def clean_message(exc: BaseException) -> tuple[str, str | None]:
         code = match.group(1)
         text = text[match.end():]
     text = text.replace("[FlightSQL] ", "", 1)
+    trailer = _TRAILER.search(text)
+    if trailer:  # the Flight status ("Unavailable") is more precise than ADBC's class ("IO")
+        code = re.sub(r"(?<!^)(?=[A-Z])", "_", trailer.group(1)).upper()
     text = _TRAILER.sub("", text)
     text = text.split(". Detail:", 1)[0].split("\nDetail:", 1)[0].strip()
     return text, code

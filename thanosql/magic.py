@@ -11,7 +11,6 @@ Errors raise ThanoSQLError, which IPython shows as the server's message only.
 from __future__ import annotations
 
 import re
-import sys
 
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 
@@ -22,7 +21,7 @@ _TOKEN = re.compile(r"^\s*API_TOKEN\s*=\s*(\S+)\s*$", re.IGNORECASE)
 
 
 def _announce(message: str) -> None:
-    print(message, file=sys.stderr)
+    print(message)  # a notice, not an error: normal output
 
 
 @magics_class
@@ -46,10 +45,27 @@ class ThanoSQLMagics(Magics):
             return None
         if text.lower().startswith(SCHEMES) and len(text.split()) == 1:
             self.client.set_server(text)
-            print(f"thanosql: statements now go to {text}")
+            answer = self.client.check()  # an unreachable server is an error now, not at the next statement
+            print(f"thanosql: statements now go to {text} ({answer})")
             return None
         result = self.client.execute(text)
         from thanosql.audio import AUDIO_COL_KEY, players_for
         if AUDIO_COL_KEY in (result.table.schema.metadata or {}):  # PRINT AUDIO
             return players_for(result.table)
-        return result.to_pandas()
+        frame = result.to_pandas()
+        self._pictures(result, frame)
+        return frame
+
+    def _pictures(self, result, frame) -> None:
+        """After BUILD / FIT the loss curve; after EVALUATE (details=True) the worst utterances."""
+        from IPython.display import display
+
+        from thanosql import pictures
+        kind = result.statement.kind
+        try:
+            if kind in ("BUILD", "FIT") and {"model", "version"} <= set(frame.columns) and len(frame) == 1:
+                display(pictures.training_curve(self.client, str(frame["model"][0]), int(frame["version"][0])))
+            elif kind == "EVALUATE" and "reference_normalized" in frame.columns:
+                display(pictures.WorstUtterances(frame))
+        except Exception as exc:  # noqa: BLE001 - a picture is a nicety; the result stands
+            print(f"thanosql: (no picture: {exc})")
