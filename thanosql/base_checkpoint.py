@@ -9,6 +9,7 @@ cannot work: the demo says so plainly and how to fix it, and only when asked
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,12 @@ class NoCheckpoint(Exception):
 
 
 def choose(data_dir: Path, base_model: str | None = None, allow_small: bool = False) -> BaseCheckpoint:
+    with warnings.catch_warnings():  # in a notebook, tqdm.auto (under transformers) warns on stderr
+        warnings.filterwarnings("ignore", message="IProgress not found")
+        return _choose(data_dir, base_model, allow_small)
+
+
+def _choose(data_dir: Path, base_model: str | None, allow_small: bool) -> BaseCheckpoint:
     from ml.checkpoints import locate
     from ml.errors import CheckpointUnavailable
     from ml.options import default_base_model
