@@ -115,15 +115,16 @@ def _nestable_at(tokens, i: int) -> bool:
     return _word(tokens[i + 1]) in _STARTS.get(_word(tokens[i]), ())
 
 
-def analyse(sql: str, whole: bool = False) -> Analysis:
-    """Find the nested ML statements and ML function calls of `sql`, on its tokens.
+def analyse(sql: str, whole: bool = False, tokens: tuple = ()) -> Analysis:
+    """Find the nested ML statements and ML function calls of `sql`, on its tokens (lexed
+    here unless the parser's are given).
 
     With `whole` (the query of CREATE TABLE ... AS), a text that is itself one ML
     statement is nested whole."""
     from sqlglot.tokens import TokenType
     if not any(hint in sql.lower() for hint in _HINTS):
         return Analysis(sql)
-    tokens = st.tokenize(sql)
+    tokens = list(tokens) or st.tokenize(sql)
     if tokens[0].token_type == TokenType.COMMAND and tokens[0].text.upper() == "EXPLAIN":
         # sqlglot reads EXPLAIN as a command swallowing the rest: the rest is read again.
         prefix, rest = sql[:tokens[0].end + 1], sql[tokens[0].end + 1:]
@@ -243,13 +244,13 @@ def session(engine, cancel: CancelToken | None) -> Session:
 def plan(engine, statement: Any) -> Plan | None:
     """The plan of a statement that composes, or None for one that does not."""
     if isinstance(statement, st.Query):
-        analysis = analyse(statement.sql)
+        analysis = analyse(statement.sql, tokens=statement.tokens)
         return ComposedQuery.prepare(engine, analysis) if analysis.composes else None
     if isinstance(statement, st.CreateTable) and statement.query is not None:
         analysis = analyse(statement.query, whole=True)
         return ComposedCreateTable.prepare(engine, statement, analysis) if analysis.composes else None
     if isinstance(statement, st.Dml):
-        analysis = analyse(statement.sql)
+        analysis = analyse(statement.sql, tokens=statement.tokens)
         return ComposedInsert.prepare(engine, analysis) if analysis.composes else None
     return None
 

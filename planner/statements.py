@@ -26,12 +26,14 @@ from planner.limits import check_statement
 class Query:
     """A read-only statement DataFusion plans and runs (SELECT, WITH, VALUES, EXPLAIN...)."""
     sql: str
+    tokens: tuple = field(default=(), compare=False, repr=False)  # when already lexed
 
 
 @dataclass(frozen=True)
 class Dml:
     """INSERT / UPDATE / DELETE, run by DataFusion against persisted listing tables."""
     sql: str
+    tokens: tuple = field(default=(), compare=False, repr=False)  # when already lexed
 
 
 @dataclass(frozen=True)
@@ -324,14 +326,14 @@ def _parse(sql: str) -> Any:
         cur.done("DELETE MODEL")
         return DeleteModel(name, if_exists)
     if first in ("INSERT", "UPDATE", "DELETE"):
-        return Dml(sql)
+        return Dml(sql, tuple(cur.tokens))
     if first in ("SET", "RESET"):
         raise Unsupported("SET changes the settings every client shares; this server does not allow it")
     if first in ("BEGIN", "START", "COMMIT", "ROLLBACK"):
         raise Unsupported("transactions are not supported: every statement commits on its own")
     if first in ("ALTER", "TRUNCATE", "PREPARE", "EXECUTE", "DEALLOCATE"):
         raise Unsupported(f"{first} is not supported by this server")
-    return Query(sql)
+    return Query(sql, tuple(cur.tokens))
 
 
 _OWN_STATEMENT_WORDS = {"BUILD", "FIT", "PREDICT", "EVALUATE", "LIST", "GET", "COPY", "PRINT", "DESCRIBE"}
