@@ -97,6 +97,15 @@ def test_create_table_and_insert_from_predict(server, predicted):
     counts = execute(server.url, "SELECT speaker, count(*) AS n FROM preds GROUP BY speaker ORDER BY speaker")
     assert dict(zip(counts["speaker"].to_pylist(), counts["n"].to_pylist())) == {
         "4014": 1, "403": 2, "4214": 1}
+    # CTAS with declared columns and INSERT, from transcribe(); CTAS from LIST.
+    execute(server.url, "CREATE TABLE tx (a VARCHAR, t VARCHAR) AS SELECT audio, transcribe('my_whisper', audio) "
+                        "FROM few WHERE speaker = '403'")
+    execute(server.url, "INSERT INTO tx SELECT audio, transcribe('my_whisper', audio, 'batch_size=1') FROM few "
+                        "WHERE speaker = '403'")
+    stored = execute(server.url, "SELECT a, t FROM tx").to_pylist()
+    assert len(stored) == 2 and all(predicted[r["a"]] == r["t"] for r in stored)
+    execute(server.url, "CREATE TABLE models_now AS LIST MODEL")
+    assert "my_whisper" in execute(server.url, "SELECT name FROM models_now")["name"].to_pylist()
 
 
 def test_nested_evaluate_list_describe(server, evaluated):
