@@ -186,6 +186,11 @@ def test_errors_name_row_and_file_cleanly(server):
     assert "unknown option" in error_of("SELECT transcribe('my_whisper', audio, 'bogus=1') FROM few")
     assert "only PREDICT, EVALUATE, LIST and DESCRIBE MODEL" in error_of(
         "SELECT * FROM (BUILD MODEL x USING Wav2Vec2En AS SELECT * FROM few) b")
+    # Through a view the functions run outside the statement's own session: still clean.
+    execute(server.url, "CREATE VIEW missing_audio AS SELECT transcribe('my_whisper', a) AS t "
+                        "FROM (VALUES ('gone/nowhere.wav')) v(a)")
+    through_view = error_of("SELECT * FROM missing_audio")
+    assert "nowhere.wav" in through_view and "InvalidInput(" not in through_view
     big = error_of("SELECT count(*) FROM (PREDICT USING my_whisper OPTIONS (on_error='null') AS "
                    "SELECT 'gone.wav' AS audio, repeat('x', 300000) AS pad) p")
     assert "0.25 MiB" in big and "CREATE TABLE t AS PREDICT" in big
