@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -25,7 +27,7 @@ from flight_server.errors import translated, translated_batches
 from flight_server.handles import HandleStore
 from planner.engine import Engine
 from planner.errors import InvalidInput, NotFound, Unsupported
-from planner.plans import CancelToken, Plan, Precomputed
+from planner.plans import CancelToken, Plan
 
 log = logging.getLogger("thanosql.server")
 
@@ -138,6 +140,7 @@ class FlightSqlServer(flight.FlightServerBase):
         self._running: dict[bytes, tuple[str, CancelToken]] = {}
         self._running_lock = threading.Lock()
         self.sql_info = _sql_info_values()
+        self._metadata_results = RecentResults()
         # Flight SQL reports the statement timeout in milliseconds (0: none).
         self.sql_info[md.SqlInfo.FLIGHT_SQL_SERVER_STATEMENT_TIMEOUT] = int(engine.statement_timeout * 1000)
 
@@ -204,10 +207,12 @@ class FlightSqlServer(flight.FlightServerBase):
             prepared = self._prepared(command.prepared_statement_handle, owner)
             return self._ticket_for(prepared.plan, prepared.params, owner, context)
         if P.type_name(command) in _METADATA_SCHEMAS:
-            # Computed once: DoGet sends this very table (a ticket holding the command
-            # itself, from an older server, is still served).
+            # Computed once: the first DoGet of the ticket sends this very table; the
+            # ticket is the command itself, so a later DoGet computes it again.
+            ticket = P.pack(command)
             table = self._metadata(command)
-            return self._ticket_for(Precomputed(dataset_schema=table.schema, table=table), None, owner)
+            self._metadata_results.put((owner, ticket), table)
+            return table.schema, flight.Ticket(ticket)
         raise Unsupported(f"GetFlightInfo does not support {P.type_name(command)}")
 
     def _ticket_for(self, plan: Plan, params, owner: str, context=None) -> tuple[pa.Schema, flight.Ticket]:
@@ -235,7 +240,8 @@ class FlightSqlServer(flight.FlightServerBase):
         if isinstance(command, P.TicketStatementQuery):
             return self._execute(context, command.statement_handle)
         if P.type_name(command) in _METADATA_SCHEMAS:
-            return flight.RecordBatchStream(self._metadata(command))
+            table = self._metadata_results.pop((self._identity(context), ticket.ticket))
+            return flight.RecordBatchStream(table if table is not None else self._metadata(command))
         raise Unsupported(f"DoGet does not support {P.type_name(command)}")
 
     def _execute(self, context, handle: bytes):
@@ -435,6 +441,30 @@ class FlightSqlServer(flight.FlightServerBase):
         raise Unsupported(f"unsupported metadata command {P.type_name(command)}")
 
 
+class RecentResults:
+    """Metadata results computed in GetFlightInfo, kept for the DoGet that follows: a few,
+    for a short time (a client that never fetches leaves nothing behind for long)."""
+
+    def __init__(self, size: int = 64, ttl: float = 30.0):
+        self._items: OrderedDict[tuple, tuple[float, pa.Table]] = OrderedDict()
+        self._lock = threading.Lock()
+        self._size, self._ttl = size, ttl
+
+    def put(self, key: tuple, table: pa.Table) -> None:
+        with self._lock:
+            self._items[key] = (time.monotonic(), table)
+            self._items.move_to_end(key)
+            while len(self._items) > self._size:
+                self._items.popitem(last=False)
+
+    def pop(self, key: tuple) -> pa.Table | None:
+        with self._lock:
+            item = self._items.pop(key, None)
+        if item is None or time.monotonic() - item[0] > self._ttl:
+            return None
+        return item[1]
+
+
 def _opt(message, name: str):
     return getattr(message, name) if message.HasField(name) else None
 
@@ -442,9 +472,12 @@ def _opt(message, name: str):
 def _announced(actual: pa.Schema, announced: pa.Schema) -> pa.Schema:
     """The schema GetFlightInfo announced, when the rows have its names and types: a
     statement planned again at DoGet (a table was written in between) may differ in
-    nullability only, and clients refuse a stream whose schema is not the announced one."""
+    nullability only, and clients refuse a stream whose schema is not the announced one.
+    A column announced NOT NULL that may now hold nulls keeps the rows' own schema: the
+    client then reports the change rather than reading nulls where none can be."""
     if len(actual) == len(announced) and all(
-            a.name == b.name and a.type == b.type for a, b in zip(actual, announced)):
+            a.name == b.name and a.type == b.type and (b.nullable or not a.nullable)
+            for a, b in zip(actual, announced)):
         return announced
     return actual
 

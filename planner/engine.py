@@ -125,7 +125,9 @@ class Engine:
         if isinstance(statement, st.Query):
             epoch = self.store.pins.epoch
             df = self.run_datafusion(lambda: self.ctx.sql_with_options(sql, READ_ONLY))
-            return SqlQuery(dataset_schema=utf8_schema(df.schema()),
+            # Announced nullable: a table written between this GetFlightInfo and the DoGet
+            # may hold nulls where its current version declares NOT NULL.
+            return SqlQuery(dataset_schema=nullable_schema(utf8_schema(df.schema())),
                             parameter_schema=parameter_schema_of(df.logical_plan()), sql=sql,
                             planned=df, epoch=epoch)
         if isinstance(statement, st.Dml):
@@ -291,6 +293,10 @@ class Engine:
         return "VIEW" if stored is not None and stored.kind == "view" else "TABLE"
 
 
+def nullable_schema(schema: pa.Schema) -> pa.Schema:
+    return pa.schema([f.with_nullable(True) for f in schema], metadata=schema.metadata)
+
+
 def table_names(schema) -> list[str]:
     """The names in a DataFusion schema; a Python schema provider has them as an attribute."""
     names = schema.table_names
@@ -298,13 +304,30 @@ def table_names(schema) -> list[str]:
 
 
 def released_at_end(reader: pa.RecordBatchReader, pin) -> pa.RecordBatchReader:
-    """`reader`, releasing `pin` when it is exhausted, fails or is dropped unfinished."""
-    def batches():
+    """`reader`, releasing `pin` when it is exhausted, fails, or is dropped (even unread)."""
+    return pa.RecordBatchReader.from_batches(reader.schema, _Releasing(reader, pin))
+
+
+class _Releasing:
+    """An iterator over a reader's batches that releases a pin at its end, on an error,
+    and when it is freed: a generator's `finally` never runs if it never started."""
+
+    def __init__(self, reader: pa.RecordBatchReader, pin):
+        self._batches = iter(reader)
+        self._pin = pin
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> pa.RecordBatch:
         try:
-            yield from reader
-        finally:
-            pin.release()
-    return pa.RecordBatchReader.from_batches(reader.schema, batches())
+            return next(self._batches)
+        except BaseException:
+            self._pin.release()
+            raise
+
+    def __del__(self):
+        self._pin.release()
 
 
 @contextlib.contextmanager

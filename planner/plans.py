@@ -77,15 +77,6 @@ class Plan:
         raise NotImplementedError
 
 
-@dataclass
-class Precomputed(Plan):
-    """Rows computed when the statement was planned (a metadata result), sent as they are."""
-    table: pa.Table | None = None
-
-    def run(self, engine: Any, params: pa.RecordBatch | None, cancel: CancelToken) -> pa.Table:
-        return self.table
-
-
 def explain_table(text: str) -> pa.Table:
     return pa.table({"plan_type": pa.array(["logical_plan"]), "plan": pa.array([text])})
 

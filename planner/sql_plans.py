@@ -15,7 +15,7 @@ from planner.errors import (
 )
 from planner.plans import EMPTY_SCHEMA, CancelToken, Plan, guarded, param_rows, reader_of
 from planner.storage import conform, table_ref, utf8_schema
-from planner.table_cache import MAX_BATCH_BYTES
+from planner.table_cache import MAX_BATCH_BYTES, slices_under
 
 READ_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(False).with_allow_statements(False)
 DML_ONLY = SQLOptions().with_allow_ddl(False).with_allow_dml(True).with_allow_statements(False)
@@ -55,12 +55,7 @@ def _batches(df: Any) -> Iterator[pa.RecordBatch]:
 def _sized_for_grpc(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
     """Batches over MAX_BATCH_BYTES (wide rows: audio, long text) sent as slices."""
     for batch in batches:
-        if batch.num_rows > 1 and batch.nbytes > MAX_BATCH_BYTES:
-            rows = max(1, batch.num_rows * MAX_BATCH_BYTES // batch.nbytes)
-            for start in range(0, batch.num_rows, rows):
-                yield batch.slice(start, rows)
-        else:
-            yield batch
+        yield from slices_under(batch, MAX_BATCH_BYTES)
 
 
 def _interruptible_batches(df: Any, cancel: CancelToken) -> Iterator[pa.RecordBatch]:
@@ -143,8 +138,10 @@ class SqlQuery(Plan):
         if self.planned is not None and not rows[0] and engine.store.pins.epoch == self.epoch:
             df = self.planned
         else:
+            self.planned = None  # it holds the versions of its time: let them go
             df = engine.run_datafusion(
                 lambda: engine.ctx.sql_with_options(self.sql, READ_ONLY, param_values=rows[0]))
+        engine.store.warm(scanned_tables(df))
         table = in_memory_rows(engine, df)
         if table is not None:
             return table
@@ -191,7 +188,8 @@ def in_memory_rows(engine, df: Any) -> pa.Table | None:
         if len(inputs) != 1:
             return None
         node = inputs[0]
-    if type(node.to_variant()).__name__ != "TableScan":
+    leaf = node.to_variant()
+    if type(leaf).__name__ != "TableScan" or engine.store.in_memory(leaf.table_name()) is None:
         return None
     optimized = df.optimized_logical_plan()
     top = optimized.to_variant()
@@ -214,15 +212,23 @@ def in_memory_rows(engine, df: Any) -> pa.Table | None:
 
 
 def _cached_table(engine, shown: str) -> pa.Table | None:
-    """The in-memory version of the stored table a scan names (DataFusion shows it
-    unquoted, qualified or not)."""
-    from planner.engine import DEFAULT_CATALOG, DEFAULT_SCHEMA
-    for prefix in ("", f"{DEFAULT_SCHEMA}.", f"{DEFAULT_CATALOG}.{DEFAULT_SCHEMA}."):
-        if shown.startswith(prefix):
-            table = engine.store.in_memory(shown[len(prefix):])
-            if table is not None:
-                return table
-    return None
+    """The in-memory version of the stored table a scan names. DataFusion shows the name
+    unquoted: only a name without a dot reads one way (the default schema's table); a
+    dotted one ("public.t", "information_schema.tables") could be a table so named, and
+    takes the ordinary path."""
+    return None if "." in shown else engine.store.in_memory(shown)
+
+
+def scanned_tables(df: Any) -> list[str]:
+    """The names of the tables a plan scans (views inlined), as DataFusion shows them."""
+    names, stack = [], [df.logical_plan()]
+    while stack:
+        node = stack.pop()
+        variant = node.to_variant()
+        if type(variant).__name__ == "TableScan":
+            names.append(variant.table_name())
+        stack.extend(node.inputs())
+    return names
 
 
 @dataclass

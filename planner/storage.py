@@ -176,6 +176,8 @@ class TableStore:
         # name -> folder of the current version, for the stored tables of the schema.
         self._current: dict[str, Path] = {}
         self.schema = CurrentTables(resolve=self._resolve)
+        self._planning_views = _Flag()
+        self._view_reads: dict[str, set[str]] = {}  # view -> the names its plan reads
         ctx.catalog().register_schema(schema_name, self.schema)
         # Settings for the scratch contexts that build listing tables (copied before the
         # SET below: a config copied after a SET makes contexts without their catalog).
@@ -223,6 +225,7 @@ class TableStore:
         with self._db() as db:
             rows = db.execute("SELECT name, kind, folder, sql FROM planner_objects ORDER BY seq").fetchall()
         self.sweep({folder for _, kind, folder, _ in rows if kind == "table"})
+        view_problems = {}
         for name, kind, folder, sql in rows:
             try:
                 if kind == "table":
@@ -230,8 +233,13 @@ class TableStore:
                 else:
                     self.ctx.sql(sql).collect()
             except Exception as exc:  # one broken object must not stop the server
-                problems.append(f"{kind} {name}: {exc}")
-        return problems
+                if kind == "view":
+                    view_problems[name] = f"{kind} {name}: {exc}"
+                else:
+                    problems.append(f"{kind} {name}: {exc}")
+        # A view restored before an object it reads was (re)created plans now.
+        hidden = self.refresh_views()
+        return problems + [view_problems.get(name, f"view {name}: it does not plan") for name in hidden]
 
     def sweep(self, referenced: set[str]) -> None:
         """Remove what a crash or a failed write left: staging files and folders, folders
@@ -368,16 +376,26 @@ class TableStore:
 
     def _publish(self, name: str, folder: str, existing: StoredObject | None) -> None:
         """After the commit: switch DataFusion's name to the new version (in one step),
-        re-plan the views, and retire the old version."""
+        re-plan the views that read it, and retire the old version. A table that was
+        served from memory has its new version loaded too (it stays hot)."""
+        old = self._current.get(name)
+        hot = old is not None and self.cache.get(str(old)) is not None
         self._show_table(name, self._folder(folder))
-        self.refresh_views()
+        if hot:
+            self.warm([name])
+        self._catalog_changed({name})
         self._retire(existing.folder if existing is not None and existing.folder != folder else None)
+
+    def _catalog_changed(self, names: set[str]) -> None:
+        forget = getattr(self.ctx, "forget_external_tables", None)
+        if forget is not None:
+            forget()  # the next statement reads the catalog's external tables again
+        self.refresh_views(names)
 
     def _show_table(self, name: str, folder: Path) -> None:
         provider = self._listing_table(folder)
         self._current[name] = folder
         self.schema.put(name, provider)
-        self.cache.request(str(folder), provider.schema)
 
     def _listing_table(self, folder: Path):
         """A DataFusion listing table over `folder`, built in a scratch context with the
@@ -388,15 +406,23 @@ class TableStore:
 
     def _resolve(self, name: str, provider):
         """What a statement planned now reads for `name`: the current version, from memory
-        when it is cached (the first read asks for it to be loaded)."""
+        when it is cached. Views are planned over Parquet: a view keeps the providers it
+        was planned with, and an evicted version held by a view would escape the budget."""
         folder = self._current.get(name)
-        if folder is None:
+        if folder is None or self._planning_views.active:
             return provider  # a view or an external table
         cached = self.cache.get(str(folder))
-        if cached is not None:
-            return cached.provider
-        self.cache.request(str(folder), provider.schema)
-        return provider
+        return cached.provider if cached is not None else provider
+
+    def warm(self, names: Iterable[str]) -> None:
+        """Statements are reading these stored tables: load their current versions into
+        memory (in the background) if they are not there yet."""
+        for name in names:
+            folder = self._current.get(name)
+            if folder is not None and self.cache.get(str(folder)) is None:
+                provider = self.schema.provider(name)
+                if provider is not None:
+                    self.cache.request(str(folder), provider.schema)
 
     def in_memory(self, name: str) -> pa.Table | None:
         """The current version of stored table `name` as Arrow, when it is in memory."""
@@ -404,33 +430,62 @@ class TableStore:
         cached = self.cache.get(str(folder)) if folder is not None else None
         return cached.table if cached is not None else None
 
-    def refresh_views(self) -> None:
-        """Plan every view again against the current versions, each after the views it
-        reads: a view planned once would read the versions its tables had then, for ever.
-        A view that no longer plans (a table it reads was dropped) is hidden until it
-        plans again."""
+    def refresh_views(self, changed: set[str] | None = None) -> list[str]:
+        """Plan the views that read `changed` (all when None) again, against the current
+        versions, each after the views it reads: a view planned once would read the
+        versions its tables had then, for ever. A view that no longer plans (a table it
+        reads was dropped) is hidden, and tried again at every change until it plans.
+        Returns the hidden views."""
         with self._db() as db:
             views = dict(db.execute("SELECT name, sql FROM planner_objects WHERE kind = 'view' ORDER BY seq"))
+        for gone in set(self._view_reads) - set(views):
+            del self._view_reads[gone]
+        stale = set(views) if changed is None else self._readers_of(changed, views)
         done: set[str] = set()
+        hidden: set[str] = set()
 
         def refresh(name: str, seen: tuple[str, ...]) -> None:
             if name in done or name in seen:
                 return
-            first = self._plan_view(name, views[name])
-            if first is not None:
-                inner = [n for n in _scanned_names(first) if n in views and n != name]
+            planned = self._plan_view(name, views[name])
+            if planned is not None:
+                reads = _scanned_names(planned)
+                inner = [n for n in reads if n in stale and n != name]
                 for dep in inner:
                     refresh(dep, seen + (name,))
                 if inner:
-                    first = self._plan_view(name, views[name])
+                    planned = self._plan_view(name, views[name])
             done.add(name)
-            if first is None:
+            if planned is None:
+                hidden.add(name)
                 self.schema.deregister_table(name)
             else:
-                self.schema.put(name, first.into_view())
+                self._view_reads[name] = _scanned_names(planned)
+                hidden.discard(name)
+                self.schema.put(name, planned.into_view())
 
-        for name in views:
-            refresh(name, ())
+        with self._planning_views.on():
+            for _ in range(len(stale) + 1):  # again while a hidden view's inner one came back
+                before = set(hidden)
+                done.clear()
+                for name in views:
+                    if name in stale and (name not in done):
+                        refresh(name, ())
+                stale = set(hidden)
+                if not hidden or hidden == before:
+                    break
+        return sorted(hidden)
+
+    def _readers_of(self, changed: set[str], views: dict[str, str]) -> set[str]:
+        """The views that read any of `changed`, directly or through other views, and
+        every view not planned yet (hidden or new: what they read is not known)."""
+        stale = {v for v in views if v not in self._view_reads or v in changed}
+        frontier = set(changed) | stale
+        while frontier:
+            frontier = {v for v, reads in self._view_reads.items()
+                        if v in views and v not in stale and reads & frontier}
+            stale |= frontier
+        return stale
 
     def _plan_view(self, name: str, sql: str):
         """The view's query planned now, as a DataFrame (None when it no longer plans)."""
@@ -458,7 +513,7 @@ class TableStore:
                 db.execute("COMMIT")
             if existing is not None and existing.folder:
                 self._current.pop(name, None)
-            self.refresh_views()  # views over a replaced view or external table follow it
+            self._catalog_changed({name})  # views over a replaced view or external table follow it
             self._retire(existing.folder if existing is not None else None)
 
     def drop(self, name: str, kind: str, if_exists: bool) -> bool:
@@ -477,9 +532,22 @@ class TableStore:
                 db.execute("DELETE FROM planner_objects WHERE name = ?", (name,))
             self._current.pop(name, None)
             self.schema.deregister_table(name)
-            self.refresh_views()
+            self._catalog_changed({name})
             self._retire(existing.folder)
             return True
+
+
+class _Flag(threading.local):
+    """A per-thread switch, on for the duration of a `with flag.on():` block."""
+    active = False
+
+    @contextlib.contextmanager
+    def on(self):
+        self.active = True
+        try:
+            yield
+        finally:
+            self.active = False
 
 
 class _Closing:
@@ -573,10 +641,16 @@ def _scanned_names(df) -> set[str]:
     names = set()
     for line in df.logical_plan().display_indent().splitlines():
         line = line.strip()
-        for prefix in ("TableScan: ", "SubqueryAlias: "):
-            if line.startswith(prefix):
-                name = line[len(prefix):].split(" projection=")[0].split(" ")[0]
-                names.add(name.split(".")[-1] if name.startswith(("public.", "datafusion.public.")) else name)
+        if line.startswith("SubqueryAlias: "):
+            name = line[len("SubqueryAlias: "):]
+        elif line.startswith("TableScan: "):
+            name = re.split(r" (?:projection|partial_filters|full_filters|fetch)=", line[len("TableScan: "):])[0]
+        else:
+            continue
+        for prefix in ("datafusion.public.", "public."):
+            if name.startswith(prefix):
+                names.add(name[len(prefix):])
+        names.add(name)
     return names
 
 

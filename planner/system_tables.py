@@ -61,8 +61,11 @@ class RegistrySchema(SchemaProvider):
         self._lock = threading.Lock()
         self._cache: dict[str, tuple[int, Table]] = {}
 
-    def table_names(self) -> set[str]:
-        return set(SYSTEM_TABLES)
+    # DataFusion reads `table_names` as an attribute of a Python schema provider (as a
+    # method, information_schema and SHOW TABLES left the system tables out).
+    @property
+    def table_names(self) -> list[str]:  # type: ignore[override]
+        return list(SYSTEM_TABLES)
 
     def table(self, name: str) -> Table | None:
         producer = SYSTEM_TABLES.get(name)

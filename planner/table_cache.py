@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 # The ADBC Flight SQL driver refuses a message over 16 MiB: served batches stay well under.
 MAX_BATCH_BYTES = 8 << 20
 MAX_BATCH_ROWS = 65_536
+MAX_OVERSIZED_REMEMBERED = 4096
 
 
 @dataclass
@@ -61,10 +62,10 @@ def parse_memory(text: str, total: int | None = None) -> int:
         digits = value.rstrip("KMGTIB")
         number = float(digits)
         unit = units[value[len(digits):]]
-        if number < 0:
+        if not 0 <= number < 2 ** 60:  # also NaN and infinity
             raise ValueError
         return int(number * unit)
-    except (ValueError, KeyError):
+    except (ValueError, KeyError, OverflowError):
         raise ValueError(f"cannot read {text!r} as a memory size: write e.g. 2GiB, 512MB, 25% or 0") from None
 
 
@@ -76,16 +77,25 @@ def physical_memory() -> int:
 
 
 def sized_for_grpc(table: pa.Table) -> pa.Table:
-    """The same rows in batches of at most MAX_BATCH_ROWS rows and about MAX_BATCH_BYTES."""
+    """The same rows in batches of at most MAX_BATCH_ROWS rows and MAX_BATCH_BYTES bytes
+    (but a single row larger than that)."""
     if table.num_rows == 0:
         return table
-    per_row = max(1, table.nbytes // table.num_rows)
-    rows = max(1, min(MAX_BATCH_ROWS, MAX_BATCH_BYTES // per_row))
     batches = []
-    for batch in table.to_batches():
-        for start in range(0, batch.num_rows, rows):
-            batches.append(batch.slice(start, rows))
+    for batch in table.to_batches(max_chunksize=MAX_BATCH_ROWS):
+        batches.extend(slices_under(batch, MAX_BATCH_BYTES))
     return pa.Table.from_batches(batches, table.schema)
+
+
+def slices_under(batch: pa.RecordBatch, limit: int):
+    """Zero-copy slices of `batch` of at most `limit` bytes each (halved until they fit,
+    so a few very wide rows among narrow ones still make small slices)."""
+    if batch.num_rows <= 1 or batch.nbytes <= limit:
+        yield batch
+        return
+    half = batch.num_rows // 2
+    yield from slices_under(batch.slice(0, half), limit)
+    yield from slices_under(batch.slice(half), limit)
 
 
 class TableCache:
@@ -97,6 +107,7 @@ class TableCache:
         self._versions: OrderedDict[str, CachedVersion] = OrderedDict()  # least recent first
         self._files: dict[tuple, _File] = {}
         self._pending: set[str] = set()
+        self._oversized: OrderedDict[str, None] = OrderedDict()  # versions that do not fit
         self._dropped: set[str] = set()
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="table-cache")
         self.loads = 0
@@ -121,11 +132,12 @@ class TableCache:
     # --- loading -------------------------------------------------------------------------
 
     def request(self, folder: str, schema: pa.Schema) -> None:
-        """Load `folder` in the background, unless it is cached, loading or the cache is off."""
+        """Load `folder` in the background, unless it is cached, loading, known not to fit
+        or the cache is off."""
         if self.budget <= 0:
             return
         with self._lock:
-            if folder in self._versions or folder in self._pending:
+            if folder in self._versions or folder in self._pending or folder in self._oversized:
                 return
             self._pending.add(folder)
         self._loader.submit(self._load_logged, folder, schema)
@@ -148,12 +160,14 @@ class TableCache:
         paths = sorted(p for p in Path(folder).iterdir() if p.suffix == ".parquet" and not p.name.startswith("."))
         keys = []
         for path in paths:
-            st = path.stat()
-            keys.append((st.st_dev, st.st_ino))
+            st = path.stat()  # size and time too: an inode number is reused once a file goes
+            keys.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
         with self._lock:
             known = {k: self._files[k] for k in keys if k in self._files}
         estimate = sum(_uncompressed_size(p) for p, k in zip(paths, keys) if k not in known)
-        if estimate + sum(f.nbytes for f in known.values()) > self.budget:
+        size = sum(f.nbytes for f in known.values())
+        if estimate + size > self.budget:
+            self._too_big(folder)
             return False
         decoded: dict[tuple, _File] = {}
         for path, key in zip(paths, keys):
@@ -161,6 +175,10 @@ class TableCache:
                 continue
             table = pq.read_table(path, schema=schema) if schema is not None else pq.read_table(path)
             decoded[key] = _File(table, table.nbytes)
+            size += table.nbytes
+            if size > self.budget:  # Parquet's sizes undercount dictionary-encoded columns
+                self._too_big(folder)
+                return False
         tables = [(known.get(k) or decoded[k]).table for k in keys]
         table = pa.concat_tables(tables) if tables else schema.empty_table()
         if schema is not None and table.schema != schema:
@@ -177,6 +195,12 @@ class TableCache:
             self.loads += 1
             self._evict(keep=folder)
             return folder in self._versions
+
+    def _too_big(self, folder: str) -> None:
+        with self._lock:
+            self._oversized[folder] = None
+            while len(self._oversized) > MAX_OVERSIZED_REMEMBERED:
+                self._oversized.popitem(last=False)
 
     def _memtable(self, table: pa.Table) -> Any:
         """A DataFusion MemTable over the batches, dealt round-robin into one partition per core."""
@@ -195,6 +219,7 @@ class TableCache:
     def drop(self, folder: str) -> None:
         """The version is gone (replaced and no longer read): forget it."""
         with self._lock:
+            self._oversized.pop(folder, None)
             if folder in self._pending:
                 self._dropped.add(folder)  # a load under way must not cache it
             entry = self._versions.pop(folder, None)

@@ -33,8 +33,10 @@ def cached(engine: Engine, name: str) -> bool:
 
 
 def make(engine: Engine, name: str, rows: int = ROWS) -> None:
+    """The table, read once: a read asks for its version to be loaded into memory."""
     run(engine, f"CREATE TABLE {name} AS SELECT v AS id, v * 0.5 AS x, 'row ' || v AS s "
                 f"FROM unnest(range({rows})) AS r(v)")
+    run(engine, f"SELECT count(*) FROM {name}")
 
 
 def test_versions_are_cached_within_the_budget_least_recently_used_first(tmp_path):
@@ -135,3 +137,40 @@ def test_many_small_appends_keep_a_version_to_a_bounded_number_of_files(tmp_path
     assert len(list(folder.iterdir())) <= MAX_FILES_PER_VERSION
     rows = run(engine, "SELECT k, v FROM t ORDER BY k").to_pylist()
     assert rows == [{"k": k, "v": f"row {k}"} for k in range(MAX_FILES_PER_VERSION + 10)]
+
+
+def test_dotted_names_never_take_the_fast_path_to_another_table(tmp_path):
+    engine = Engine(tmp_path / "data", cache_memory="1GiB")
+    run(engine, "CREATE TABLE t AS SELECT 1 AS a")
+    run(engine, 'CREATE TABLE "public.t" AS SELECT 999 AS a')
+    run(engine, 'CREATE TABLE "information_schema.tables" AS SELECT \'spoof\' AS table_name')
+    for name in ("t", "public.t", "information_schema.tables"):
+        engine.store.warm([name])
+    settle(engine)
+    assert run(engine, "SELECT * FROM public.t").to_pylist() == [{"a": 1}]
+    assert run(engine, 'SELECT * FROM "public.t"').to_pylist() == [{"a": 999}]
+    names = run(engine, "SELECT table_name FROM information_schema.tables").column("table_name").to_pylist()
+    assert "spoof" not in names and "t" in names
+
+
+def test_wide_rows_among_narrow_ones_are_sent_in_slices_under_the_grpc_limit(tmp_path):
+    from planner.table_cache import MAX_BATCH_BYTES, sized_for_grpc
+    wide = pa.table({"id": pa.array(range(2000)),
+                     "s": pa.array(["x" * 30_000 if i < 400 else "y" for i in range(2000)])})
+    sliced = sized_for_grpc(wide)
+    assert sliced.num_rows == 2000 and sliced.equals(wide)
+    assert all(b.nbytes <= MAX_BATCH_BYTES for b in sliced.to_batches())
+
+
+def test_a_reader_dropped_unread_releases_its_pin(tmp_path):
+    import gc
+    engine = Engine(tmp_path / "data", cache_memory=0)
+    make(engine, "a")
+    reader = engine.execute_query(engine.prepare("SELECT id, x, s FROM a WHERE id >= 0"))  # over 1 MiB: streamed
+    assert engine.store.pins.running() == 1
+    run(engine, "CREATE OR REPLACE TABLE a AS SELECT 1 AS id")
+    assert engine.store.pins.waiting() == 1  # the old version is kept for the reader
+    del reader
+    gc.collect()
+    assert engine.store.pins.running() == 0 and engine.store.pins.waiting() == 0
+    assert len(list((tmp_path / "data" / "tables").iterdir())) == 1

@@ -196,3 +196,38 @@ def test_views_over_views_and_subqueries_follow_every_change(tmp_path):
     assert run("SELECT * FROM v3") == [{"n": 2}]
     run("CREATE OR REPLACE TABLE t AS SELECT 5 AS a")
     assert run("SELECT * FROM v2") == [{"b": 30}]
+
+
+def test_a_view_named_with_spaces_over_a_view_follows_its_table(tmp_path):
+    from planner.engine import Engine
+    engine = Engine(tmp_path / "data")
+
+    def run(sql):
+        plan = engine.prepare(sql)
+        return engine.execute_update(plan) if plan.is_update else engine.execute_query(plan).read_all().to_pylist()
+
+    run("CREATE TABLE t (a INT)")
+    run("INSERT INTO t VALUES (1)")
+    run('CREATE VIEW "inner v" AS SELECT a FROM t')
+    run('CREATE VIEW outer_v AS SELECT * FROM "inner v"')
+    run('CREATE OR REPLACE VIEW "inner v" AS SELECT a FROM t WHERE a > 0')
+    run("DROP TABLE t")
+    with pytest.raises(Exception, match="not found"):
+        run("SELECT * FROM outer_v")
+    run("CREATE TABLE t (a INT)")
+    run("INSERT INTO t VALUES (42)")
+    assert run("SELECT * FROM outer_v") == [{"a": 42}] == run('SELECT * FROM "inner v"')
+    restarted = Engine(tmp_path / "data")
+    assert restarted.load_problems == []
+    plan = restarted.prepare("SELECT * FROM outer_v")
+    assert restarted.execute_query(plan).read_all().to_pylist() == [{"a": 42}]
+
+
+def test_metadata_tickets_can_be_fetched_again(server):
+    from pyarrow import flight
+    from flight_server import protocol as P
+    client = flight.FlightClient(server.url)
+    info = client.get_flight_info(flight.FlightDescriptor.for_command(P.pack(P.CommandGetTableTypes())))
+    first = client.do_get(info.endpoints[0].ticket).read_all()
+    again = client.do_get(info.endpoints[0].ticket).read_all()
+    assert first.equals(again) and "TABLE" in first.column("table_type").to_pylist()
