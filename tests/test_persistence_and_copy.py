@@ -58,7 +58,8 @@ def test_failed_replace_keeps_the_old_table(server):
 
 def test_copy_csv_resolves_relative_audio_paths(server, librispeech):
     csv = librispeech / "librispeech_train.csv"
-    assert run(server.url, f"COPY librispeech_train OPTIONS (if_exists='replace') FROM '{csv}'") == 100
+    copied = run(server.url, f"COPY librispeech_train OPTIONS (if_exists='replace') FROM '{csv}'")
+    assert copied.to_pylist() == [{"rows_affected": 100, "table_name": "librispeech_train"}]
     table = run(server.url, "SELECT audio, text FROM librispeech_train")
     assert table.num_rows == 100
     for path in table.column("audio").to_pylist():
@@ -74,15 +75,15 @@ def test_copy_relative_to_data_dir_parquet_json_and_folder(server, librispeech, 
     (data_dir / "incoming").mkdir()
     pq.write_table(pa.table({"x": [1, 2, 3]}), data_dir / "incoming" / "nums.parquet")
     (data_dir / "incoming" / "rows.json").write_text('{"k": "a", "v": 1}\n{"k": "b", "v": 2}\n')
-    assert run(server.url, "COPY nums FROM 'incoming/nums.parquet'") == 3
-    assert run(server.url, "COPY rows FROM 'incoming/rows.json'") == 2
+    assert run(server.url, "COPY nums FROM 'incoming/nums.parquet'").column("rows_affected").to_pylist() == [3]
+    assert run(server.url, "COPY rows FROM 'incoming/rows.json'").column("rows_affected").to_pylist() == [2]
     assert run(server.url, "SELECT sum(v) AS s FROM rows").to_pylist() == [{"s": 3}]
     audio = data_dir / "clips"
     audio.mkdir()
     for name in ["103-1240-0000.flac", "1034-121119-0000.flac"]:
         shutil.copy(librispeech / "audio" / name, audio / name)
     (audio / "notes.txt").write_text("not audio")
-    assert run(server.url, "COPY clips FROM 'clips'") == 2
+    assert run(server.url, "COPY clips FROM 'clips'").column("rows_affected").to_pylist() == [2]
     paths = run(server.url, "SELECT audio FROM clips ORDER BY audio").column("audio").to_pylist()
     assert paths == [str((audio / n).resolve()) for n in sorted(["103-1240-0000.flac", "1034-121119-0000.flac"])]
 
