@@ -426,16 +426,21 @@ class ComposedCreateTable(Plan):
             reader = stream_dataframe(sess.plan(self.analysis.sql, READ_ONLY), cancel)
         batches = sess.batches(reader)
         schema = utf8_schema(reader.schema)
-        with engine.store.lock:
-            if self._exists(engine):
-                return 0
+        # Written without the store's lock (inference can take long): the name is checked
+        # again when the rows are in.
+        mode = "replace" if stmt.or_replace else "create"
+        try:
             if declared is None:
-                return engine.store.write_table(stmt.name, (b.cast(schema) for b in batches), schema, "replace")
+                return engine.store.write_table(stmt.name, (b.cast(schema) for b in batches), schema, mode)
             if len(schema) != len(declared):
                 raise InvalidInput(f"CREATE TABLE {stmt.name}: {len(declared)} column(s) are declared but the "
                                    f"query gives {len(schema)} ({', '.join(schema.names)})")
             converted = (conform(b.rename_columns(declared.names), declared, stmt.name) for b in batches)
-            return engine.store.write_table(stmt.name, converted, declared, "replace")
+            return engine.store.write_table(stmt.name, converted, declared, mode)
+        except AlreadyExists:
+            if stmt.if_not_exists:
+                return 0
+            raise
 
 
 @dataclass
@@ -465,12 +470,11 @@ class ComposedInsert(Plan):
         values = _outer_values(_one_row(params, self.parameter_schema), self.outer_parameters)
         sess = session(engine, cancel)
         _materialise(engine, sess, self.nested, params, cancel)
-        with engine.store.lock:
-            df = sess.plan(self.analysis.sql, DML_ONLY, values)
-            target = insert_target(engine, df.logical_plan())
-            try:
-                source = sess.ctx.create_dataframe_from_logical_plan(df.logical_plan().inputs()[0])
-            except Exception as exc:  # noqa: BLE001
-                raise sess.translated(exc) from None
-            reader = stream_dataframe(source, cancel)
-            return engine.store.write_table(target, sess.batches(reader), reader.schema, "append")
+        df = sess.plan(self.analysis.sql, DML_ONLY, values)
+        target = insert_target(engine, df.logical_plan())
+        try:
+            source = sess.ctx.create_dataframe_from_logical_plan(df.logical_plan().inputs()[0])
+        except Exception as exc:  # noqa: BLE001
+            raise sess.translated(exc) from None
+        reader = stream_dataframe(source, cancel)
+        return engine.store.write_table(target, sess.batches(reader), reader.schema, "append")

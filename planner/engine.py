@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 from datafusion import SessionConfig
 
 from planner import statements as st
@@ -209,7 +210,10 @@ class Engine:
                     # A query sent as an update (e.g. CommandStatementUpdate with a SELECT): run
                     # it, report its row count, as other Flight SQL servers do.
                     result = plan.run(self, params, cancel)
-                    return result.num_rows if isinstance(result, pa.Table) else sum(b.num_rows for b in result)
+                    batches = result.to_batches() if isinstance(result, pa.Table) else result
+                    if "rows_affected" in result.schema.names:  # COPY, GET ...: the rows they wrote
+                        return sum(int(pa.compute.sum(b.column("rows_affected")).as_py() or 0) for b in batches)
+                    return sum(b.num_rows for b in batches)
                 # Writes through the store are all-or-nothing and say so; this catches a full
                 # disk met by what DataFusion writes itself (COPY ... TO, external tables).
                 with disk_full_is_exhausted("running the statement", "what it wrote may be incomplete"):

@@ -247,18 +247,17 @@ class SqlDml(Plan):
         rows = param_rows(params, len(self.parameter_schema))
         if not rows:
             return 0
-        with engine.store.lock:
-            plans = []
-            for values in rows:
-                cancel.check()
-                plans.append(engine.run_datafusion(
-                    lambda values=values: engine.ctx.sql_with_options(self.sql, DML_ONLY, param_values=values)))
-            target = insert_target(engine, plans[0].logical_plan())
-            sources = [engine.run_datafusion(
-                lambda df=df: engine.ctx.create_dataframe_from_logical_plan(df.logical_plan().inputs()[0]))
-                for df in plans]
-            schema = utf8_schema(sources[0].schema())
-            return engine.store.write_table(target, _source_batches(engine, sources, cancel), schema, "append")
+        plans = []
+        for values in rows:
+            cancel.check()
+            plans.append(engine.run_datafusion(
+                lambda values=values: engine.ctx.sql_with_options(self.sql, DML_ONLY, param_values=values)))
+        target = insert_target(engine, plans[0].logical_plan())
+        sources = [engine.run_datafusion(
+            lambda df=df: engine.ctx.create_dataframe_from_logical_plan(df.logical_plan().inputs()[0]))
+            for df in plans]
+        schema = utf8_schema(sources[0].schema())
+        return engine.store.write_table(target, _source_batches(engine, sources, cancel), schema, "append")
 
 
 _READ_ONLY_HINT = "use CREATE TABLE name AS SELECT ... to make a stored copy, or COPY (SELECT ...) TO 'path'"
@@ -330,25 +329,38 @@ class CreateTablePlan(Plan):
 
     def run(self, engine, params, cancel):
         st = self.statement
-        with engine.store.lock:
-            if engine.store.get(st.name) is not None or engine.store.exists_in_session(st.name):
-                if st.if_not_exists:
-                    return 0
-                if not st.or_replace:
-                    raise AlreadyExists(f"table '{st.name}' already exists (use CREATE OR REPLACE TABLE, "
-                                        "or DROP TABLE first)")
-            declared = declared_schema(engine, st.columns) if st.columns is not None else None
+        if table_exists(engine, st):
+            return 0
+        declared = declared_schema(engine, st.columns) if st.columns is not None else None
+        mode = "replace" if st.or_replace else "create"  # checked again when the rows are in
+        try:
             if st.query is None:
-                return engine.store.write_table(st.name, iter(()), declared, "replace")
+                return engine.store.write_table(st.name, iter(()), declared, mode)
             df = engine.run_datafusion(lambda: engine.ctx.sql_with_options(st.query, READ_ONLY))
             reader = stream_dataframe(df, cancel)
             if declared is None:
-                return engine.store.write_table(st.name, reader, reader.schema, "replace")
+                return engine.store.write_table(st.name, reader, reader.schema, mode)
             if len(reader.schema) != len(declared):
                 raise InvalidInput(f"CREATE TABLE {st.name}: {len(declared)} column(s) are declared but the "
                                    f"query gives {len(reader.schema)} ({', '.join(reader.schema.names)})")
             batches = (conform(b.rename_columns(declared.names), declared, st.name) for b in reader)
-            return engine.store.write_table(st.name, batches, declared, "replace")
+            return engine.store.write_table(st.name, batches, declared, mode)
+        except AlreadyExists:
+            if st.if_not_exists:
+                return 0  # another statement created it meanwhile
+            raise
+
+
+def table_exists(engine, st) -> bool:
+    """Whether CREATE TABLE `st` has nothing to do (IF NOT EXISTS and the table is there);
+    refuses a name already taken unless OR REPLACE."""
+    if engine.store.get(st.name) is not None or engine.store.exists_in_session(st.name):
+        if st.if_not_exists:
+            return True
+        if not st.or_replace:
+            raise AlreadyExists(f"table '{st.name}' already exists (use CREATE OR REPLACE TABLE, "
+                                "or DROP TABLE first)")
+    return False
 
 
 def declared_schema(engine, columns: str) -> pa.Schema:

@@ -169,7 +169,7 @@ class TableStore:
         self.tables_dir = self.data_dir / "tables"
         self.tables_dir.mkdir(parents=True, exist_ok=True)
         self.ctx = ctx
-        self.lock = threading.RLock()  # serialises every write (catalog and appends); queries never take it
+        self.lock = threading.RLock()  # serialises commits (catalog switches); rows are staged without it
         self.db_path = self.data_dir / "catalog.sqlite"
         self.cache = cache or TableCache(0)
         self.pins = ReaderPins()
@@ -284,36 +284,61 @@ class TableStore:
 
         mode: 'create' (fails if it exists), 'replace', 'append' (fails if missing),
         'create_append' (append, creating the table if needed).
+
+        The rows are staged without the store's lock, so a long write (an ingest, a CTAS
+        over PREDICT) never holds up the others; under the lock the checks are made again
+        (another writer may have come first) and the new version is committed.
         """
         check_table_name(name)
         schema = storage_schema(schema, name)
-        with self.lock, disk_full_is_exhausted(f"writing table '{name}'"):
-            existing = self.get(name)
-            if existing is None and self.exists_in_session(name):
-                raise AlreadyExists(f"'{name}' is a system table and cannot be written")
-            if existing is not None and existing.kind != "table" and mode != "replace":
-                raise AlreadyExists(f"'{name}' is a {existing.kind}, not a table")
-            if mode == "create" and existing is not None:
-                raise AlreadyExists(f"table '{name}' already exists")
-            if mode == "append" and existing is None:
-                raise NotFound(f"table '{name}' does not exist")
-            if existing is not None and existing.kind == "table" and mode in ("append", "create_append"):
-                return self._append(existing, batches, schema)
-            return self._write_new(name, existing, batches, schema)
+        with disk_full_is_exhausted(f"writing table '{name}'"):
+            with self.lock:
+                existing = self._writable(name, mode)
+            appending = existing is not None and existing.kind == "table" and mode in ("append", "create_append")
+            target = self.table_schema(name) if appending else schema
+            staging = self.tables_dir / f"{STAGING_PREFIX}{folder_name(name)}"
+            staging.mkdir()
+            try:
+                if appending:
+                    rows = _write_parquet(staging / f"part-{uuid.uuid4().hex[:12]}.parquet",
+                                          (conform(b, target, name) for b in batches), target,
+                                          source_schema=schema, table=name, skip_empty=True)
+                else:
+                    rows = _write_parquet(staging / "part-00000.parquet", batches, schema)
+                with self.lock:
+                    return self._commit(name, mode, staging, target, rows)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)  # gone already once committed
 
-    def _write_new(self, name: str, existing: StoredObject | None,
-                   batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
-        folder = folder_name(name)
-        staging = self.tables_dir / f"{STAGING_PREFIX}{folder}"
-        staging.mkdir()
-        try:
-            rows = _write_parquet(staging / "part-00000.parquet", batches, schema)
-            _fsync(staging)
-            staging.rename(self.tables_dir / folder)
-            _fsync(self.tables_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+    def _writable(self, name: str, mode: str) -> StoredObject | None:
+        """The object `name` now, after checking that `mode` may write it."""
+        existing = self.get(name)
+        if existing is None and self.exists_in_session(name):
+            raise AlreadyExists(f"'{name}' is a system table and cannot be written")
+        if existing is not None and existing.kind != "table" and mode != "replace":
+            raise AlreadyExists(f"'{name}' is a {existing.kind}, not a table")
+        if mode == "create" and existing is not None:
+            raise AlreadyExists(f"table '{name}' already exists")
+        if mode == "append" and existing is None:
+            raise NotFound(f"table '{name}' does not exist")
+        return existing
+
+    def _commit(self, name: str, mode: str, staging: Path, written: pa.Schema, rows: int) -> int:
+        """Under the lock: the staged rows become the table's new version. An append links
+        the current version's files (read now, not when the rows were staged) beside them."""
+        existing = self._writable(name, mode)
+        if existing is not None and existing.kind == "table" and mode in ("append", "create_append"):
+            if not rows:
+                return 0
+            now = self.table_schema(name)
+            if [(f.name, f.type) for f in now] != [(f.name, f.type) for f in written]:
+                raise InvalidInput(f"table '{name}' was replaced with other columns while these rows were "
+                                   "written; nothing was added: run the statement again")
+            self._link_current(existing, staging, written)
+        folder = staging.name[len(STAGING_PREFIX):]
+        _fsync(staging)
+        staging.rename(self.tables_dir / folder)
+        _fsync(self.tables_dir)
         try:
             self._commit_row(name, "table", folder, None)
         except BaseException:
@@ -322,47 +347,23 @@ class TableStore:
         self._publish(name, folder, existing)
         return rows
 
-    def _append(self, existing: StoredObject, batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> int:
-        """A new version: links to the current version's files (no data copied) and one new
-        file with all the statement's rows, in a new folder: all of the rows or none."""
-        target = self.table_schema(existing.name)
+    def _link_current(self, existing: StoredObject, staging: Path, schema: pa.Schema) -> None:
+        """Hard links to the current version's files in `staging` (no data copied). Past
+        MAX_FILES_PER_VERSION files, the small ones (single-row INSERTs) are merged with
+        the staged one instead, so a version stays a bounded number of files to link and
+        to scan."""
         current = self._folder(existing.folder)
-        folder = folder_name(existing.name)
-        staging = self.tables_dir / f"{STAGING_PREFIX}{folder}"
-        staging.mkdir()
-        try:
-            rows = _write_parquet(staging / f"part-{uuid.uuid4().hex[:12]}.parquet",
-                                  (conform(b, target, existing.name) for b in batches), target,
-                                  source_schema=schema, table=existing.name, skip_empty=True)
-            if not rows:
-                shutil.rmtree(staging, ignore_errors=True)
-                return 0
-            parts = [p for p in sorted(current.iterdir())
-                     if p.suffix == ".parquet" and not p.name.startswith(".") and p.is_file()]
-            small = [p for p in parts if p.stat().st_size < COMPACT_BELOW_BYTES]
-            if len(parts) + 1 > MAX_FILES_PER_VERSION and len(small) > 1:
-                # Many small appends (single-row INSERTs): their files are merged with the new
-                # one, so a version stays a bounded number of files to link and to scan.
-                (new_part,) = staging.iterdir()
-                _write_parquet(staging / f"part-{uuid.uuid4().hex[:12]}.parquet",
-                               _file_batches([*small, new_part]), target, table=existing.name)
-                new_part.unlink()
-                parts = [p for p in parts if p not in small]
-            for part in parts:
-                _link_or_copy(part, staging / part.name)
-            _fsync(staging)
-            staging.rename(self.tables_dir / folder)
-            _fsync(self.tables_dir)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
-        try:
-            self._commit_row(existing.name, "table", folder, None)
-        except BaseException:
-            shutil.rmtree(self.tables_dir / folder, ignore_errors=True)
-            raise
-        self._publish(existing.name, folder, existing)
-        return rows
+        parts = [p for p in sorted(current.iterdir())
+                 if p.suffix == ".parquet" and not p.name.startswith(".") and p.is_file()]
+        small = [p for p in parts if p.stat().st_size < COMPACT_BELOW_BYTES]
+        if len(parts) + 1 > MAX_FILES_PER_VERSION and len(small) > 1:
+            (new_part,) = staging.iterdir()
+            _write_parquet(staging / f"part-{uuid.uuid4().hex[:12]}.parquet",
+                           _file_batches([*small, new_part]), schema, table=existing.name)
+            new_part.unlink()
+            parts = [p for p in parts if p not in small]
+        for part in parts:
+            _link_or_copy(part, staging / part.name)
 
     def _commit_row(self, name: str, kind: str, folder: str | None, sql: str | None) -> None:
         """Make the new object current in the catalog: the commit point, durable on return."""

@@ -160,3 +160,15 @@ def test_statement_update_without_data(jdbc):
     result = P.parse(P.DoPutUpdateResult, reader.read().to_pybytes())
     writer.close()
     assert result.record_count == 2
+
+
+def test_execute_update_of_copy_counts_the_rows_copied(jdbc):
+    """JDBC's executeUpdate("COPY ...") gets the rows written, not the one result row."""
+    client, server = jdbc
+    (server.data_dir / "three.csv").write_text("a,b\n1,x\n2,y\n3,z\n")
+    descriptor = flight.FlightDescriptor.for_command(
+        P.pack(P.CommandStatementUpdate(query="COPY three FROM 'three.csv'")))
+    writer, reader = client.do_put(descriptor, pa.schema([]))
+    result = P.parse(P.DoPutUpdateResult, reader.read().to_pybytes())
+    writer.close()
+    assert result.record_count == 3

@@ -231,3 +231,43 @@ def test_metadata_tickets_can_be_fetched_again(server):
     first = client.do_get(info.endpoints[0].ticket).read_all()
     again = client.do_get(info.endpoints[0].ticket).read_all()
     assert first.equals(again) and "TABLE" in first.column("table_type").to_pylist()
+
+
+def test_a_long_write_does_not_hold_up_other_writes(server):
+    """An ingest still streaming its rows commits nothing yet and blocks no one: an INSERT
+    into another table, and an append to the same one, complete meanwhile."""
+    started, release = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def slow_rows():
+        schema = pa.schema([("k", pa.int64())])
+        yield pa.record_batch([pa.array([1, 2])], schema=schema)
+        started.set()
+        release.wait(30)
+        yield pa.record_batch([pa.array([3])], schema=schema)
+
+    with connect(server.url) as conn, conn.cursor() as cur:
+        cur.execute("CREATE TABLE other (k BIGINT)")
+        cur.execute("CREATE TABLE slow (k BIGINT)")
+
+    def ingest():
+        with connect(server.url) as conn, conn.cursor() as cur:
+            reader = pa.RecordBatchReader.from_batches(pa.schema([("k", pa.int64())]), slow_rows())
+            cur.adbc_ingest("slow", reader, mode="append")
+        done.append("ingest")
+
+    writer = threading.Thread(target=ingest)
+    writer.start()
+    assert started.wait(30)
+    with connect(server.url) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO other VALUES (7)")
+        cur.execute("INSERT INTO slow VALUES (100)")
+        done.append("inserts")
+        cur.execute("SELECT count(*) AS n FROM slow")
+        assert cur.fetch_arrow_table().to_pylist() == [{"n": 1}]  # the ingest is not visible yet
+    release.set()
+    writer.join(30)
+    assert done == ["inserts", "ingest"]
+    with connect(server.url) as conn, conn.cursor() as cur:
+        cur.execute("SELECT k FROM slow ORDER BY k")
+        assert cur.fetch_arrow_table().column("k").to_pylist() == [1, 2, 3, 100]
