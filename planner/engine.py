@@ -189,6 +189,7 @@ class Engine:
             raise InvalidInput("this statement returns no rows; execute it as an update")
         cancel = self._timed(cancel)
         pin = self.store.pins.begin()
+        cancel.release_tables = pin.release
         try:
             with _timeout_reported(cancel):
                 result = plan.run(self, params, cancel)
@@ -204,6 +205,7 @@ class Engine:
                        cancel: CancelToken | None = None) -> int:
         cancel = self._timed(cancel)
         pin = self.store.pins.begin()
+        cancel.release_tables = pin.release
         try:
             with _timeout_reported(cancel):
                 if not plan.is_update:

@@ -260,6 +260,7 @@ class TrainNode(Plan):
         from ml import worker
         audio_col, text_col = self.options["audio_col"], self.options["text_col"]
         data = _collect_columns(engine, self.df.dataframe(engine, params), [audio_col, text_col], cancel)
+        cancel.finished_reading()  # training takes long: replaced table versions need not wait for it
         if not data[audio_col]:
             raise InvalidInput("the query after AS returned no rows to train on")
         paths = _audio_paths(engine, data[audio_col], 0)
@@ -431,6 +432,7 @@ class EvaluateNode(InferenceNode):
         from ml import metrics
         audio_col, text_col = self.options["audio_col"], self.options["text_col"]
         data = _collect_columns(engine, self.df.dataframe(engine, params), [audio_col, text_col], cancel)
+        cancel.finished_reading()  # training takes long: replaced table versions need not wait for it
         if not data[audio_col]:
             raise InvalidInput("the query after AS returned no rows to evaluate on")
         paths = _audio_paths(engine, data[audio_col], 0)

@@ -30,6 +30,14 @@ class CancelToken(threading.Event):
         self.deadline: float | None = None
         self.timeout = 0.0
         self.timed_out = False
+        self.release_tables: Callable[[], None] | None = None  # set by the engine (its pin)
+
+    def finished_reading(self) -> None:
+        """The statement holds every table row it needs (BUILD, before it trains for
+        hours): the table versions it pinned may go now."""
+        release, self.release_tables = self.release_tables, None
+        if release is not None:
+            release()
 
     def start_timer(self, seconds: float) -> None:
         """Make the statement stop once it has run `seconds` (0: no limit)."""

@@ -271,3 +271,28 @@ def test_a_long_write_does_not_hold_up_other_writes(server):
     with connect(server.url) as conn, conn.cursor() as cur:
         cur.execute("SELECT k FROM slow ORDER BY k")
         assert cur.fetch_arrow_table().column("k").to_pylist() == [1, 2, 3, 100]
+
+
+def test_a_statement_that_has_read_its_rows_lets_replaced_versions_go(tmp_path):
+    """BUILD reads its rows, then trains for hours: its pin goes when the reading is done."""
+    from planner.engine import Engine
+    from planner.plans import EMPTY_SCHEMA, Plan
+
+    engine = Engine(tmp_path / "data", cache_memory=0)
+    seen = {}
+
+    class ReadsThenWorks(Plan):
+        def run(self, engine, params, cancel):
+            seen["rows"] = engine.execute_query(engine.prepare("SELECT count(*) AS n FROM t")).read_all()
+            seen["pinned"] = engine.store.pins.running()
+            cancel.finished_reading()
+            seen["after"] = engine.store.pins.running()
+            write = engine.prepare("CREATE OR REPLACE TABLE t AS SELECT 2 AS a")
+            engine.execute_update(write)  # the old version goes at once: nothing holds it
+            seen["folders"] = len(list((tmp_path / "data" / "tables").iterdir()))
+            return 0
+
+    engine.execute_update(engine.prepare("CREATE TABLE t AS SELECT 1 AS a"))
+    engine.execute_update(ReadsThenWorks(dataset_schema=EMPTY_SCHEMA, is_update=True))
+    assert seen["rows"].to_pylist() == [{"n": 1}]
+    assert (seen["pinned"], seen["after"], seen["folders"]) == (1, 0, 1)
