@@ -19,7 +19,8 @@ the converted transformers model's transcripts are from CTranslate2's.
    decoding, the epoch, saving). Peak memory is the summed RSS of the server and its worker vs
    the script's process. Rounds alternate who goes first.
 3. WER (Whisper's EnglishTextNormalizer on both sides) on the shared test set by EVALUATE with
-   the packaged model and with the model the BUILD of the first round trained.
+   the packaged model, with the model the BUILD of the first round trained and, with
+   ``--wer-epochs N``, with one more BUILD of N epochs.
 """
 
 from __future__ import annotations
@@ -134,8 +135,16 @@ def run(args) -> dict:
                 rounds = [_ours_round, _ref_round] if r % 2 == 0 else [_ref_round, _ours_round]
                 for step in rounds:
                     step(args, r, csv_path, limit, server, cur, results, hf_dir, tmp)
+            evaluated = ["whisper_tiny_en", "tuned_0"]
+            if args.wer_epochs:
+                C.log(f"BUILD tuned_{args.wer_epochs}_epochs ({args.wer_epochs} epochs) for the WER after")
+                cur.execute(f"BUILD MODEL tuned_{args.wer_epochs}_epochs USING Whisper OPTIONS (base_model="
+                            f"'whisper_tiny_en', epochs={args.wer_epochs}, batch_size={args.batch_size}, "
+                            f"learning_rate={args.learning_rate}, seed=42) AS SELECT * FROM train{limit}")
+                results["wer_build"] = cur.fetch_arrow_table().to_pylist()[0]
+                evaluated.append(f"tuned_{args.wer_epochs}_epochs")
             wers = {}
-            for model in ("whisper_tiny_en", "tuned_0"):
+            for model in evaluated:
                 C.log(f"EVALUATE {model} on {len(test)} files")
                 t0 = time.perf_counter()
                 cur.execute(f"EVALUATE USING {model} AS SELECT * FROM test")
@@ -152,6 +161,7 @@ def run(args) -> dict:
             "inner_s": C.summarize([x["inner_s"] for x in runs]),
             "peak_rss_mib": max(x["peak_rss_mib"] for x in runs),
             "cpu_s": C.summarize([x["cpu_s"] for x in runs]),
+            "cpu_per_wall": C.summarize([x["cpu_per_wall"] or 0 for x in runs]),
             "steps": runs[0]["steps"], "first_loss": runs[0]["first_loss"], "train_loss": runs[0]["train_loss"],
         }
     return results
@@ -161,6 +171,7 @@ def _ours_round(args, r, csv_path, limit, server, cur, results, hf_dir, tmp):
     sql = (f"BUILD MODEL tuned_{r} USING Whisper OPTIONS (base_model='whisper_tiny_en', epochs={args.epochs}, "
            f"batch_size={args.batch_size}, learning_rate={args.learning_rate}, warmup_ratio=0.1, seed=42) "
            f"AS SELECT * FROM train{limit}")
+    idle = C.PeakMemory(server.proc.pid).sample(with_pss=False)
     load = os.getloadavg()[0]
     with C.PeakMemory(server.proc.pid) as mem:
         t0 = time.perf_counter()
@@ -172,7 +183,8 @@ def _ours_round(args, r, csv_path, limit, server, cur, results, hf_dir, tmp):
     results["contenders"][OURS].append({
         "round": r, "wall_s": wall, "inner_s": row["seconds"], "steps": row["steps"],
         "first_loss": summary.get("first_loss"), "train_loss": row["train_loss"], "loadavg_1m_before": load,
-        **mem.report()})
+        "idle_rss_mib": round(idle[0] / 2 ** 20, 1), "phases_s": {k: summary.get(k) for k in (
+            "seconds_load", "seconds_train", "seconds_save_export")}, **mem.report()})
     C.log(f"  round {r + 1}: ours {wall:.1f} s, CPU {mem.cpu_seconds:.0f} s, peak RSS "
           f"{mem.peak_rss / 2 ** 20:.0f} MiB (load before {load:.1f})")
 
@@ -211,17 +223,19 @@ def report(results: dict) -> str:
     results["ratios"] = {"ours / reference (s per epoch, per-round median)": paired["median"],
                          "ours / reference (s per epoch, medians)": C.ratio(ours["wall_s"]["median"],
                                                                             ref["wall_s"]["median"]),
+                         "ours / reference (CPU s, medians)": C.ratio(ours["cpu_s"]["median"], ref["cpu_s"]["median"]),
                          "ours / reference (peak RSS)": C.ratio(ours["peak_rss_mib"], ref["peak_rss_mib"])}
     rows = [[name, C.fmt(e["wall_s"]["median"]), C.fmt(e["wall_s"]["min"]), C.fmt(e["wall_s"]["max"]),
              C.fmt(e["inner_s"]["median"]), e["steps"], C.fmt(e["first_loss"]), C.fmt(e["train_loss"]),
-             f"{e['peak_rss_mib']:.0f}", C.fmt(e["cpu_s"]["median"])] for name, e in ((OURS, ours), (REF, ref))]
+             f"{e['peak_rss_mib']:.0f}", C.fmt(e["cpu_s"]["median"]), C.fmt(e["cpu_per_wall"]["median"])]
+            for name, e in ((OURS, ours), (REF, ref))]
     text = C.print_table(
         f"Whisper tiny.en fine-tuning, {results['epochs']} epoch(s) on {results['train']['utterances']} utterances "
         f"({results['train']['audio_seconds']:.0f} s audio), batch {results['batch_size']}, lr "
         f"{results['learning_rate']}; per-round ratio ours/reference {C.fmt(paired['median'], 'x')} "
         f"({C.fmt(paired['min'], 'x')}-{C.fmt(paired['max'], 'x')})",
         ["contender", "s/epoch median", "min", "max", "own figure s", "steps", "first loss", "mean loss",
-         "peak RSS MiB", "CPU s"], rows)
+         "peak RSS MiB", "CPU s", "CPU/wall"], rows)
     wers = results.get("wer", {})
     text += C.print_table(
         f"WER (normalised) on {results['test']['files']} test files ({results['test']['audio_seconds']:.0f} s)",
@@ -249,6 +263,8 @@ def main(argv=None) -> int:
     p.add_argument("--learning-rate", type=float, default=1e-5)
     p.add_argument("--limit", type=int, default=None, help="first N training rows (quick: 2)")
     p.add_argument("--skip-conversion-check", action="store_true")
+    p.add_argument("--wer-epochs", type=int, default=None,
+                   help="also BUILD (ours only) with this many epochs and report its WER")
     args = p.parse_args(argv)
     args.repeats = args.repeats or 1
     args.limit = args.limit or (2 if args.quick else None)

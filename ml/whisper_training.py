@@ -254,6 +254,7 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
         raise
     except (OSError, ValueError, KeyError) as exc:
         raise BadOptions(f"cannot load the Whisper weights {base!r}: {exc}") from None
+    loaded_at = time.monotonic()
     config = model.config
     multilingual = config.vocab_size >= MULTILINGUAL_VOCAB
     prompt = prompt_tokens(tokenizer, multilingual, opts["language"])
@@ -279,8 +280,11 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
     for name, param in model.named_parameters():
         if param.requires_grad:
             (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=opts["learning_rate"])
+    groups = [{"params": decay, "weight_decay": opts["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    try:  # one fused kernel for all parameters (what transformers' Trainer uses by default)
+        optimizer = torch.optim.AdamW(groups, lr=opts["learning_rate"], fused=True)
+    except (RuntimeError, TypeError):
+        optimizer = torch.optim.AdamW(groups, lr=opts["learning_rate"])
     batch_size, epochs = opts["batch_size"], opts["epochs"]
     total_steps = epochs * math.ceil(len(paths) / batch_size)
     if opts["max_steps"] is not None:
@@ -343,6 +347,7 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
                 progress_callback(step, round(epoch_pos, 4), loss_value, lr_now, audio_done,
                                   time.monotonic() - started)
     shared._check_finite(model, step, skipped, last_finite, opts)
+    trained_at = time.monotonic()
 
     model.eval()
     model.config.use_cache = True
@@ -363,6 +368,11 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
         "train_audio_seconds": round(sum(seconds), 3),
         "audio_seconds": round(audio_done, 3),
         "seconds": round(time.monotonic() - started, 3),
+        # where the time went: reading the base weights (and converting them), the training
+        # loop, saving the transformers checkpoint and exporting it to CTranslate2
+        "seconds_load": round(loaded_at - started, 3),
+        "seconds_train": round(trained_at - loaded_at, 3),
+        "seconds_save_export": round(time.monotonic() - trained_at, 3),
         "device": device.type,
         "mixed_precision": precision,
         "skipped_steps": skipped,
