@@ -424,7 +424,7 @@ def test_copy_from_fifo_symlinks_and_escapes(env):
     refused(url, "COPY clips FROM 'clips'", "FIFO")
     (clips / "pipe.wav").unlink()
     (clips / "shared.flac").symlink_to(SHARED_DATA / "audio" / "1034-121119-0000.flac")
-    assert ok(url, "COPY clips FROM 'clips'") == 2
+    assert ok(url, "COPY clips FROM 'clips'").column("rows_affected").to_pylist() == [2]
     paths = sorted(ok(url, "SELECT audio FROM clips").column("audio").to_pylist())
     assert paths == sorted([str(clips / "ok.flac"), str(SHARED_DATA / "audio" / "1034-121119-0000.flac")])
     assert "TOP-SECRET" not in str(ok(url, "LIST TABLE").to_pylist())
