@@ -229,6 +229,8 @@ _WHISPER_TRAIN = (
        "or 'skip' (leave it out; the result's skipped_rows counts them)", choices=("error", "skip")),
     _o("language", "str", "en", "language code of the transcripts (the decoder prompt of multilingual "
        "models; English-only models take 'en' only)"),
+    _o("timestamps", "bool", True, "train each utterance as one segment framed by timestamp tokens (the form "
+       "PREDICT decodes in); False trains with <|notimestamps|>, as transformers' recipe does"),
 )
 _WHISPER_BUILD = _WHISPER_TRAIN + (
     _o("base_model", "str", "whisper_tiny_en",

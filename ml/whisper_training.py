@@ -9,9 +9,10 @@ plain loop so that progress, cancel and versions work as for Wav2Vec2En (``ml/wo
   folder, a transformers checkpoint folder or hub id is loaded as it is;
 - inputs are the log-mel features PREDICT computes (faster-whisper's extractor, padded to the
   30 s window), computed in a thread while the previous batch trains;
-- labels are the decoder prompt (``<|lang|><|transcribe|>`` for multilingual weights, then
-  ``<|notimestamps|>``), the transcript's tokens (with Whisper's leading space) and
-  ``<|endoftext|>``; the model prepends ``<|startoftranscript|>`` to make its decoder input
+- labels are the decoder prompt (``<|lang|><|transcribe|>`` for multilingual weights), the
+  transcript as one segment framed by timestamp tokens (``<|0.00|>`` ... the utterance's end:
+  the form PREDICT decodes in; ``timestamps=False`` uses ``<|notimestamps|>`` instead, as
+  transformers' recipe does), and ``<|endoftext|>``; the model prepends ``<|startoftranscript|>`` to make its decoder input
   (shifting right), and padding is -100 so the loss ignores it;
 - AdamW, linear warm-up that starts above zero (so a one-step FIT trains) and linear decay,
   gradient clipping, optionally a frozen encoder, mixed precision on a GPU, a fixed seed;
@@ -146,22 +147,38 @@ def check_language(multilingual: bool | None, language: str) -> None:
                          "multilingual weights (base_model='whisper_base')")
 
 
-def prompt_tokens(tokenizer, multilingual: bool, language: str) -> list[int]:
-    """The decoder prompt after <|startoftranscript|>: [<|lang|>, <|transcribe|>,] <|notimestamps|>."""
+def prompt_tokens(tokenizer, multilingual: bool, language: str, timestamps: bool = True) -> list[int]:
+    """The decoder prompt after <|startoftranscript|>: [<|lang|>, <|transcribe|>] for multilingual
+    weights, then <|notimestamps|> unless ``timestamps``."""
     vocab = tokenizer.get_vocab()
     language = language.strip().lower()
     check_language(multilingual, language)
+    tail = [] if timestamps else [vocab["<|notimestamps|>"]]
     if not multilingual:
-        return [vocab["<|notimestamps|>"]]
+        return tail
     lang = vocab.get(f"<|{language}|>")
     if lang is None:
         raise BadOptions(f"unknown language {language!r} for Whisper; use a code such as 'en', 'fr', 'de'")
-    return [lang, vocab["<|transcribe|>"], vocab["<|notimestamps|>"]]
+    return [lang, vocab["<|transcribe|>"], *tail]
 
 
-def label_ids(tokenizer, text: str, prompt: Sequence[int], eot: int) -> list[int]:
-    """Labels of one transcript: prompt, the text's tokens (with Whisper's leading space), eot."""
-    return list(prompt) + tokenizer.encode(" " + text.strip(), add_special_tokens=False) + [eot]
+def timestamp_begin(tokenizer) -> int:
+    """Id of <|0.00|>: the timestamp tokens follow <|notimestamps|> (they are not in tokenizer.json)."""
+    return tokenizer.get_vocab()["<|notimestamps|>"] + 1
+
+
+def label_ids(tokenizer, text: str, prompt: Sequence[int], eot: int, seconds: float | None = None,
+              first_timestamp: int | None = None) -> list[int]:
+    """Labels of one transcript: prompt, the text's tokens (with Whisper's leading space), eot.
+
+    With ``first_timestamp`` (the id of <|0.00|>) the text is one segment framed by timestamps,
+    <|0.00|> ... <|end|>, the end being the utterance's length (20 ms steps, at most 30 s):
+    the form PREDICT decodes in (timestamps drive its move through long files)."""
+    text_ids = tokenizer.encode(" " + text.strip(), add_special_tokens=False)
+    if first_timestamp is None:
+        return [*prompt, *text_ids, eot]
+    end = first_timestamp + round(min(float(seconds or 0.0), 30.0) / 0.02)
+    return [*prompt, first_timestamp, *text_ids, end, eot]
 
 
 class Features:
@@ -257,9 +274,10 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
     loaded_at = time.monotonic()
     config = model.config
     multilingual = config.vocab_size >= MULTILINGUAL_VOCAB
-    prompt = prompt_tokens(tokenizer, multilingual, opts["language"])
+    prompt = prompt_tokens(tokenizer, multilingual, opts["language"], opts["timestamps"])
     eot = config.eos_token_id
-    labels = [label_ids(tokenizer, t, prompt, eot) for t in texts]
+    first = timestamp_begin(tokenizer) if opts["timestamps"] else None
+    labels = [label_ids(tokenizer, t, prompt, eot, s, first) for t, s in zip(texts, seconds)]
     for lab, row, path in zip(labels, row_of, paths):
         if len(lab) > MAX_LABEL_TOKENS:
             raise BadOptions(f"row {row}: the transcript of '{path}' is {len(lab)} tokens; Whisper's decoder "
