@@ -130,7 +130,7 @@ class Engine:
             # may hold nulls where its current version declares NOT NULL.
             return SqlQuery(dataset_schema=nullable_schema(utf8_schema(df.schema())),
                             parameter_schema=parameter_schema_of(df.logical_plan()), sql=sql,
-                            planned=df, epoch=epoch)
+                            planned=df if self.store.only_versioned(df) else None, epoch=epoch)
         if isinstance(statement, st.Dml):
             df = self.run_datafusion(lambda: self.ctx.sql_with_options(sql, DML_ONLY))
             return SqlDml(dataset_schema=EMPTY_SCHEMA, is_update=True,

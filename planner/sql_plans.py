@@ -121,9 +121,10 @@ def quote_literal(text: str) -> str:
 
 @dataclass
 class SqlQuery(Plan):
-    """A query DataFusion plans and runs. Planned once: the plan made at prepare runs as it
-    is while no table, view or external table has changed since (`epoch`), else the
-    statement is planned again against the current versions."""
+    """A query DataFusion plans and runs. Planned once: the plan made at prepare (kept
+    only when it reads nothing but stored tables' versions: a system table's rows are
+    taken when it is planned) runs as it is while no table, view or external table has
+    changed since (`epoch`); otherwise the statement is planned again."""
     sql: str = ""
     planned: Any = None
     epoch: int = -1

@@ -425,6 +425,12 @@ class TableStore:
                 if provider is not None:
                     self.cache.request(str(folder), provider.schema)
 
+    def only_versioned(self, df) -> bool:
+        """Whether everything `df`'s plan reads is a stored table's version (subqueries and
+        views included): such a plan stays right until the catalog changes. A system
+        table, information_schema or an external table is read as it is at planning."""
+        return all(name in self._current for name in scanned_names(df, aliases=False))
+
     def in_memory(self, name: str) -> pa.Table | None:
         """The current version of stored table `name` as Arrow, when it is in memory."""
         folder = self._current.get(name)
@@ -450,7 +456,7 @@ class TableStore:
                 return
             planned = self._plan_view(name, views[name])
             if planned is not None:
-                reads = _scanned_names(planned)
+                reads = scanned_names(planned)
                 inner = [n for n in reads if n in stale and n != name]
                 for dep in inner:
                     refresh(dep, seen + (name,))
@@ -461,7 +467,7 @@ class TableStore:
                 hidden.add(name)
                 self.schema.deregister_table(name)
             else:
-                self._view_reads[name] = _scanned_names(planned)
+                self._view_reads[name] = scanned_names(planned)
                 hidden.discard(name)
                 self.schema.put(name, planned.into_view())
 
@@ -636,13 +642,13 @@ def _cast(batch: pa.RecordBatch, schema: pa.Schema, table: str) -> pa.RecordBatc
         raise InvalidInput(f"the rows do not fit table '{table}': {exc}") from None
 
 
-def _scanned_names(df) -> set[str]:
-    """The names a DataFrame's plan reads: its table scans, and its views, which DataFusion
-    inlines as `SubqueryAlias: name` (subqueries in expressions included)."""
+def scanned_names(df, aliases: bool = True) -> set[str]:
+    """The names a DataFrame's plan reads: its table scans, and (with `aliases`) its views,
+    which DataFusion inlines as `SubqueryAlias: name` (subqueries in expressions included)."""
     names = set()
     for line in df.logical_plan().display_indent().splitlines():
         line = line.strip()
-        if line.startswith("SubqueryAlias: "):
+        if line.startswith("SubqueryAlias: ") and aliases:
             name = line[len("SubqueryAlias: "):]
         elif line.startswith("TableScan: "):
             name = re.split(r" (?:projection|partial_filters|full_filters|fetch)=", line[len("TableScan: "):])[0]

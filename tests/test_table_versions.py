@@ -296,3 +296,17 @@ def test_a_statement_that_has_read_its_rows_lets_replaced_versions_go(tmp_path):
     engine.execute_update(ReadsThenWorks(dataset_schema=EMPTY_SCHEMA, is_update=True))
     assert seen["rows"].to_pylist() == [{"n": 1}]
     assert (seen["pinned"], seen["after"], seen["folders"]) == (1, 0, 1)
+
+
+def test_a_prepared_query_of_a_system_table_sees_new_rows(tmp_path):
+    """Only plans that read nothing but table versions are kept from prepare to execute:
+    a system table's rows are taken when it is planned."""
+    from planner.engine import Engine
+    engine = Engine(tmp_path / "data")
+    plan = engine.prepare("SELECT count(*) AS n FROM information_schema.tables WHERE table_name = 'later'")
+    assert engine.execute_query(plan).read_all().to_pylist() == [{"n": 0}]
+    engine.execute_update(engine.prepare("CREATE VIEW later AS SELECT 1 AS a"))
+    assert engine.execute_query(plan).read_all().to_pylist() == [{"n": 1}]
+    assert engine.prepare("SELECT count(*) FROM thanosql.training_info").planned is None
+    engine.execute_update(engine.prepare("CREATE TABLE t AS SELECT 1 AS a"))
+    assert engine.prepare("SELECT * FROM t WHERE a IN (SELECT a FROM later)").planned is not None
