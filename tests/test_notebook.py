@@ -17,7 +17,9 @@ LONG = {"BUILD MODEL my_asr_model": "BUILD my_asr_model v1: 13/13 steps, epoch 1
         "EVALUATE USING my_asr_model": "EVALUATE my_asr_model: 20/20 utterances [",
         "PREDICT USING whisper_tiny_en": "PREDICT whisper_tiny_en: 3/3 utterances [",
         "text_col='text')\nAS SELECT * FROM librispeech_test LIMIT 5": "EVALUATE whisper_tiny_en: 5/5 utterances [",
-        "details=True)": "EVALUATE whisper_tiny_en: 5/5 utterances ["}
+        "details=True)": "EVALUATE whisper_tiny_en: 5/5 utterances [",
+        "FIT MODEL my_whisper_tuned": "FIT my_whisper_tuned v1: 2/2 steps",
+        "PREDICT USING my_whisper_tuned": "PREDICT my_whisper_tuned: 3/3 utterances ["}
 
 
 def _text(cell) -> str:
@@ -81,3 +83,5 @@ def test_notebook_runs_offline_and_reads_well(tmp_path, monkeypatch):
     assert "Worst 5 of 5 utterances" in output_of("details=True)")
     assert "word_errors" in output_of('details[["row"')
     assert "learning_rate" in output_of("thanosql.training_info")
+    assert "ready" in _text(cell_of("FIT MODEL my_whisper_tuned"))
+    assert "Mrs. Vickers" in output_of("PREDICT USING my_whisper_tuned")  # two steps keep Whisper's words
