@@ -1,9 +1,10 @@
 """The embedded catalog: persisted tables, views and external tables, as versions.
 
 Every write makes a new immutable version of the table: a folder of Parquet files under
-`data_dir/tables/`, named by the catalog row `tables.folder` of `catalog.sqlite`. Readers
-and a restarted server see all of a statement's rows or none, and a statement reads the
-version it planned against to its end:
+`data_dir/tables/`, named by the table's row in `catalog.sqlite` (planner_objects.folder).
+Readers and a restarted server see all of a statement's rows or none, and a statement
+reads the version it planned against to its end. The rows are staged without the store's
+lock; the checks and the commit are made under it:
 
 - create / replace: a complete new folder is staged (`.staging-*`), fsynced and renamed
   into place;
