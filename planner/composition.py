@@ -35,7 +35,6 @@ import pyarrow as pa
 from planner import ml_functions
 from planner import statements as st
 from planner.errors import (
-    AlreadyExists,
     InvalidInput,
     PlannerError,
     ResourceExhausted,
@@ -400,21 +399,10 @@ class ComposedCreateTable(Plan):
     def explain(self) -> str:
         return f"ComposedCreateTable: {self.statement.name}\n{_explain_nested(self.nested)}"
 
-    def _exists(self, engine) -> bool:
-        name = self.statement.name
-        if engine.store.get(name) is not None or engine.store.exists_in_session(name):
-            if self.statement.if_not_exists:
-                return True
-            if not self.statement.or_replace:
-                raise AlreadyExists(f"table '{name}' already exists (use CREATE OR REPLACE TABLE, "
-                                    "or DROP TABLE first)")
-        return False
-
     def run(self, engine, params, cancel):
-        from planner.sql_plans import declared_schema
-        from planner.storage import conform
+        from planner.sql_plans import declared_schema, table_exists, write_created
         stmt = self.statement
-        if self._exists(engine):  # before any inference; again when writing
+        if table_exists(engine, stmt):  # before any inference; again when writing
             return 0
         declared = declared_schema(engine, stmt.columns) if stmt.columns is not None else None
         sess = session(engine, cancel)
@@ -424,23 +412,9 @@ class ComposedCreateTable(Plan):
         else:
             _materialise(engine, sess, self.nested, params, cancel)
             reader = stream_dataframe(sess.plan(self.analysis.sql, READ_ONLY), cancel)
-        batches = sess.batches(reader)
         schema = utf8_schema(reader.schema)
-        # Written without the store's lock (inference can take long): the name is checked
-        # again when the rows are in.
-        mode = "replace" if stmt.or_replace else "create"
-        try:
-            if declared is None:
-                return engine.store.write_table(stmt.name, (b.cast(schema) for b in batches), schema, mode)
-            if len(schema) != len(declared):
-                raise InvalidInput(f"CREATE TABLE {stmt.name}: {len(declared)} column(s) are declared but the "
-                                   f"query gives {len(schema)} ({', '.join(schema.names)})")
-            converted = (conform(b.rename_columns(declared.names), declared, stmt.name) for b in batches)
-            return engine.store.write_table(stmt.name, converted, declared, mode)
-        except AlreadyExists:
-            if stmt.if_not_exists:
-                return 0
-            raise
+        # Inference can take long: the rows are written without the store's lock.
+        return write_created(engine, stmt, (b.cast(schema) for b in sess.batches(reader)), schema, declared)
 
 
 @dataclass

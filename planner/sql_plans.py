@@ -333,23 +333,31 @@ class CreateTablePlan(Plan):
         if table_exists(engine, st):
             return 0
         declared = declared_schema(engine, st.columns) if st.columns is not None else None
-        mode = "replace" if st.or_replace else "create"  # checked again when the rows are in
-        try:
-            if st.query is None:
-                return engine.store.write_table(st.name, iter(()), declared, mode)
-            df = engine.run_datafusion(lambda: engine.ctx.sql_with_options(st.query, READ_ONLY))
-            reader = stream_dataframe(df, cancel)
-            if declared is None:
-                return engine.store.write_table(st.name, reader, reader.schema, mode)
-            if len(reader.schema) != len(declared):
-                raise InvalidInput(f"CREATE TABLE {st.name}: {len(declared)} column(s) are declared but the "
-                                   f"query gives {len(reader.schema)} ({', '.join(reader.schema.names)})")
-            batches = (conform(b.rename_columns(declared.names), declared, st.name) for b in reader)
-            return engine.store.write_table(st.name, batches, declared, mode)
-        except AlreadyExists:
-            if st.if_not_exists:
-                return 0  # another statement created it meanwhile
-            raise
+        if st.query is None:
+            return write_created(engine, st, iter(()), declared, None)
+        df = engine.run_datafusion(lambda: engine.ctx.sql_with_options(st.query, READ_ONLY))
+        reader = stream_dataframe(df, cancel)
+        return write_created(engine, st, reader, reader.schema, declared)
+
+
+def write_created(engine, st, batches, schema: pa.Schema, declared: pa.Schema | None) -> int:
+    """CREATE TABLE `st`'s rows into the store. Declared columns take the query's by
+    position, cast to the declared types. The name is checked again when the rows are in
+    (they are written without the store's lock): IF NOT EXISTS then does nothing if another
+    statement created the table meanwhile."""
+    mode = "replace" if st.or_replace else "create"
+    try:
+        if declared is None:
+            return engine.store.write_table(st.name, batches, schema, mode)
+        if len(schema) != len(declared):
+            raise InvalidInput(f"CREATE TABLE {st.name}: {len(declared)} column(s) are declared but the "
+                               f"query gives {len(schema)} ({', '.join(schema.names)})")
+        converted = (conform(b.rename_columns(declared.names), declared, st.name) for b in batches)
+        return engine.store.write_table(st.name, converted, declared, mode)
+    except AlreadyExists:
+        if st.if_not_exists:
+            return 0
+        raise
 
 
 def table_exists(engine, st) -> bool:
