@@ -31,7 +31,7 @@ from planner.sql_plans import (
     DML_ONLY, LIST_TABLES_SCHEMA, READ_ONLY, CopyFromPlan, CopyToPlan, CreateExternalPlan, CreateTablePlan,
     CreateViewPlan, DropPlan, SqlDml, SqlQuery, StaticRows, list_tables, update_plan,
 )
-from planner.storage import ROW_GROUP_ROWS, TableStore, disk_full_is_exhausted, utf8_schema
+from planner.storage import ROW_GROUP_ROWS, TableStore, disk_full_is_exhausted, scanned_names, utf8_schema
 from planner.table_cache import TableCache, parse_memory
 
 DEFAULT_CATALOG = "datafusion"
@@ -126,11 +126,13 @@ class Engine:
         if isinstance(statement, st.Query):
             epoch = self.store.pins.epoch
             df = self.run_datafusion(lambda: self.ctx.sql_with_options(sql, READ_ONLY))
+            reads = frozenset(scanned_names(df, aliases=False))
             # Announced nullable: a table written between this GetFlightInfo and the DoGet
             # may hold nulls where its current version declares NOT NULL.
             return SqlQuery(dataset_schema=nullable_schema(utf8_schema(df.schema())),
                             parameter_schema=parameter_schema_of(df.logical_plan()), sql=sql,
-                            planned=df if self.store.only_versioned(df) else None, epoch=epoch)
+                            reads=reads, planned=df if self.store.only_versioned(reads) else None,
+                            epoch=epoch)
         if isinstance(statement, st.Dml):
             df = self.run_datafusion(lambda: self.ctx.sql_with_options(sql, DML_ONLY))
             return SqlDml(dataset_schema=EMPTY_SCHEMA, is_update=True,

@@ -126,6 +126,7 @@ class SqlQuery(Plan):
     taken when it is planned) runs as it is while no table, view or external table has
     changed since (`epoch`); otherwise the statement is planned again."""
     sql: str = ""
+    reads: frozenset = frozenset()  # the tables it scans (asked into memory at each run)
     planned: Any = None
     epoch: int = -1
 
@@ -142,7 +143,7 @@ class SqlQuery(Plan):
             self.planned = None  # it holds the versions of its time: let them go
             df = engine.run_datafusion(
                 lambda: engine.ctx.sql_with_options(self.sql, READ_ONLY, param_values=rows[0]))
-        engine.store.warm(scanned_tables(df))
+        engine.store.warm(self.reads)
         table = in_memory_rows(engine, df)
         if table is not None:
             return table
@@ -218,18 +219,6 @@ def _cached_table(engine, shown: str) -> pa.Table | None:
     dotted one ("public.t", "information_schema.tables") could be a table so named, and
     takes the ordinary path."""
     return None if "." in shown else engine.store.in_memory(shown)
-
-
-def scanned_tables(df: Any) -> list[str]:
-    """The names of the tables a plan scans (views inlined), as DataFusion shows them."""
-    names, stack = [], [df.logical_plan()]
-    while stack:
-        node = stack.pop()
-        variant = node.to_variant()
-        if type(variant).__name__ == "TableScan":
-            names.append(variant.table_name())
-        stack.extend(node.inputs())
-    return names
 
 
 @dataclass

@@ -426,11 +426,11 @@ class TableStore:
                 if provider is not None:
                     self.cache.request(str(folder), provider.schema)
 
-    def only_versioned(self, df) -> bool:
-        """Whether everything `df`'s plan reads is a stored table's version (subqueries and
-        views included): such a plan stays right until the catalog changes. A system
-        table, information_schema or an external table is read as it is at planning."""
-        return all(name in self._current for name in scanned_names(df, aliases=False))
+    def only_versioned(self, reads) -> bool:
+        """Whether every name a plan reads (`scanned_names`) is a stored table's version:
+        such a plan stays right until the catalog changes. A system table,
+        information_schema or an external table is read as it is at planning."""
+        return all(name in self._current for name in reads)
 
     def in_memory(self, name: str) -> pa.Table | None:
         """The current version of stored table `name` as Arrow, when it is in memory."""
