@@ -566,6 +566,51 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
     return max(0.0, (total - step) / max(1, total - warmup))
 
 
+def adamw_schedule(model, opts: dict, rows: int, fused: bool = False):
+    """AdamW over the trainable parameters (no weight decay on biases and norms) and
+    lr_factor's schedule over the run's steps: (optimizer, scheduler, total_steps). With
+    `fused`, one kernel for all parameters where torch has it (what Trainer uses)."""
+    import torch
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
+    groups = [{"params": decay, "weight_decay": opts["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    optimizer = None
+    if fused:
+        try:
+            optimizer = torch.optim.AdamW(groups, lr=opts["learning_rate"], fused=True)
+        except (RuntimeError, TypeError):
+            optimizer = None
+    if optimizer is None:
+        optimizer = torch.optim.AdamW(groups, lr=opts["learning_rate"])
+    total_steps = opts["epochs"] * math.ceil(rows / opts["batch_size"])
+    if opts["max_steps"] is not None:
+        total_steps = min(total_steps, opts["max_steps"])
+    warmup = math.ceil(opts["warmup_ratio"] * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
+    return optimizer, scheduler, total_steps
+
+
+def optimizer_step(loss, optimizer, scheduler, scaler, params, max_grad_norm: float) -> None:
+    """One step from a finite loss: backward (scaled under fp16), clip the gradients of
+    `params`, step, advance the schedule, clear the gradients."""
+    import torch
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
           progress_callback: ProgressCallback | None = None,
           should_stop: Callable[[], bool] | None = None, out_dir: str | None = None) -> dict:
@@ -633,19 +678,8 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
     if opts["freeze_feature_encoder"]:
         model.freeze_feature_encoder()
 
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": opts["weight_decay"]},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=opts["learning_rate"])
+    optimizer, scheduler, total_steps = adamw_schedule(model, opts, len(rows))
     batch_size, epochs = opts["batch_size"], opts["epochs"]
-    steps_per_epoch = math.ceil(len(rows) / batch_size)
-    total_steps = epochs * steps_per_epoch
-    if opts["max_steps"] is not None:
-        total_steps = min(total_steps, opts["max_steps"])
-    warmup = math.ceil(opts["warmup_ratio"] * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
     rng = random.Random(opts["seed"])
 
     step = 0
@@ -682,19 +716,7 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
                 scheduler.step()
                 step += 1
                 continue
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), opts["max_grad_norm"])
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            optimizer_step(loss, optimizer, scheduler, scaler, model.parameters(), opts["max_grad_norm"])
             step += 1
             loss_value = float(loss.detach())
             first_loss = loss_value if first_loss is None else first_loss

@@ -26,7 +26,6 @@ starts from) and, beside it, the same weights exported to CTranslate2 float16 wi
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -46,15 +45,6 @@ MAX_LABEL_TOKENS = 448 - 1  # decoder positions, less <|startoftranscript|>
 MULTILINGUAL_VOCAB = 51865  # English-only Whisper models have 51864 tokens
 
 ProgressCallback = Callable[[int, float, float, float, float, float], None]
-
-
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """Learning-rate multiplier at ``step`` (0-based): linear warm-up over ``warmup`` steps that
-    starts above zero (step 0 gets 1/(warmup+1)), then a linear decay that is still above zero
-    at the last step; so every step trains, a one-step FIT included."""
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    return max(0.0, (total - step) / max(1, total - warmup))
 
 
 # ----------------------------------------------------------------------------- base weights
@@ -294,21 +284,8 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
     if opts["freeze_encoder"]:
         model.freeze_encoder()
 
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": opts["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    try:  # one fused kernel for all parameters (what transformers' Trainer uses by default)
-        optimizer = torch.optim.AdamW(groups, lr=opts["learning_rate"], fused=True)
-    except (RuntimeError, TypeError):
-        optimizer = torch.optim.AdamW(groups, lr=opts["learning_rate"])
+    optimizer, scheduler, total_steps = shared.adamw_schedule(model, opts, len(paths), fused=True)
     batch_size, epochs = opts["batch_size"], opts["epochs"]
-    total_steps = epochs * math.ceil(len(paths) / batch_size)
-    if opts["max_steps"] is not None:
-        total_steps = min(total_steps, opts["max_steps"])
-    warmup = math.ceil(opts["warmup_ratio"] * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
     rng = random.Random(opts["seed"])
 
     def load(i: int) -> np.ndarray:
@@ -341,20 +318,8 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
                 scheduler.step()
                 step += 1
                 continue
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-            else:
-                loss.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                           opts["max_grad_norm"])
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            shared.optimizer_step(loss, optimizer, scheduler, scaler,
+                                  [p for p in model.parameters() if p.requires_grad], opts["max_grad_norm"])
             step += 1
             loss_value = float(loss.detach())
             first_loss = loss_value if first_loss is None else first_loss
