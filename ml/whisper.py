@@ -23,6 +23,7 @@ per window from a stream (bounded memory) instead of over the whole file.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -182,6 +183,21 @@ def _link_or_copy(src: str, dst: str) -> None:
         shutil.copyfile(src, dst)
 
 
+def require_transformers_whisper(source: str) -> None:
+    """Refuse a local base_model folder that is not a transformers Whisper checkpoint
+    (its config.json names model_type 'whisper')."""
+    model_type = None
+    try:
+        with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+            model_type = json.load(f).get("model_type")
+    except (OSError, ValueError, AttributeError):
+        model_type = None
+    if model_type != "whisper":
+        raise BadOptions(f"base_model '{source}' is neither a CTranslate2 Whisper folder (model.bin, "
+                         "config.json, tokenizer.json, vocabulary.txt) nor a transformers Whisper checkpoint "
+                         f"(config.json with model_type 'whisper'{'; found ' + repr(model_type) if model_type else ''})")
+
+
 def install_base_model(source: str, target_dir: str) -> dict:
     """Write the Whisper weights ``source`` names into ``target_dir`` (a staging folder):
 
@@ -212,20 +228,7 @@ def install_base_model(source: str, target_dir: str) -> dict:
                 if os.path.lexists(os.path.join(source, name)):
                     _link_or_copy(os.path.join(source, name), os.path.join(target_dir, name))
             return {"base_model": source, "format": "ctranslate2"}
-        config = os.path.join(source, "config.json")
-        model_type = None
-        if os.path.isfile(config):
-            import json
-
-            try:
-                with open(config, encoding="utf-8") as f:
-                    model_type = json.load(f).get("model_type")
-            except (OSError, ValueError, AttributeError):
-                model_type = None
-        if model_type != "whisper":
-            raise BadOptions(f"base_model '{source}' is neither a CTranslate2 Whisper folder (model.bin, "
-                             "config.json, tokenizer.json, vocabulary.txt) nor a transformers Whisper checkpoint "
-                             f"(config.json with model_type 'whisper'{'; found ' + repr(model_type) if model_type else ''})")
+        require_transformers_whisper(source)
         return _convert(source, target_dir, hub=False)
     if os.path.lexists(source):
         raise BadOptions(f"base_model '{source}' is not a folder")

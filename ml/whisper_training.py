@@ -80,16 +80,8 @@ def _from_pretrained(source: str, local: bool):
     from transformers import WhisperForConditionalGeneration, WhisperTokenizer
 
     if local:
-        config = os.path.join(source, "config.json")
-        try:
-            with open(config, encoding="utf-8") as f:
-                model_type = json.load(f).get("model_type")
-        except (OSError, ValueError, AttributeError):
-            model_type = None
-        if model_type != "whisper":
-            raise BadOptions(f"base_model '{source}' is neither a CTranslate2 Whisper folder (model.bin, "
-                             "config.json, tokenizer.json) nor a transformers Whisper checkpoint (config.json with "
-                             "model_type 'whisper')")
+        from .whisper import require_transformers_whisper
+        require_transformers_whisper(source)
     try:
         model = WhisperForConditionalGeneration.from_pretrained(source, local_files_only=local)
         tokenizer = WhisperTokenizer.from_pretrained(source, local_files_only=local)
