@@ -21,17 +21,19 @@ import itertools
 import json
 import math
 import os
-import queue
 import random
 import threading
 import time
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from .audio import SAMPLE_RATE, audio_info, check_duration, load_audio, samples_16k, stream_audio
-from .errors import AudioError, AudioTooLong, BadOptions, Cancelled, MLError, TrainingCancelled, TrainingFailed
+from .batching import prefetched
+from .distributed import Team, plan_steps
+from .errors import AudioError, AudioTooLong, BadOptions, Cancelled, MLError, TrainingFailed
 from .text import charset_of, normalize
+from .training_loop import ProgressCallback, adamw_schedule, train_steps
 from .transcription import check_request, failure_recorder, turn
 
 # libgomp threads spin while they wait at a barrier; when the CPUs are shared (a training
@@ -49,8 +51,6 @@ SUMMARY_FILE = "thanosql_training.json"
 
 #: Shortest input a standard wav2vec2 feature encoder turns into one frame (its receptive field).
 MIN_SAMPLES = 400
-
-ProgressCallback = Callable[[int, float, float, float, float, float], None]
 
 
 # ----------------------------------------------------------------------------- batching
@@ -78,69 +78,6 @@ def inference_batches(lengths: Sequence[int], batch_size: int,
     if current:
         batches.append(current)
     return batches
-
-
-def training_batches(lengths: Sequence[float], batch_size: int, rng: random.Random,
-                     megabatch_mult: int = 50) -> list[list[int]]:
-    """Length-grouped random batches (the LengthGroupedSampler idea of HF's Trainer).
-
-    Shuffle, cut into megabatches of ``megabatch_mult * batch_size``, sort each by length,
-    chunk into batches, shuffle the batches; the batch with the longest utterance goes
-    first so an out-of-memory shows up at step one, not hours in.
-    """
-    idx = list(range(len(lengths)))
-    rng.shuffle(idx)
-    mega = max(1, megabatch_mult * batch_size)
-    batches: list[list[int]] = []
-    for start in range(0, len(idx), mega):
-        chunk = sorted(idx[start:start + mega], key=lambda i: -lengths[i])
-        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
-    rng.shuffle(batches)
-    longest = max(range(len(batches)), key=lambda b: max(lengths[i] for i in batches[b]))
-    batches.insert(0, batches.pop(longest))
-    return batches
-
-
-def prefetched(batches: Iterable[list[int]], load: Callable[[int], np.ndarray],
-               depth: int = 2) -> Iterator[tuple[list[int], list[np.ndarray]]]:
-    """Yield (batch, arrays) while a thread decodes the next batches (overlaps I/O and compute).
-
-    Errors raised by ``load`` surface in the consumer, at the batch that caused them.
-    """
-    q: queue.Queue = queue.Queue(maxsize=max(1, depth))
-    stop = threading.Event()
-
-    def put(item) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def work():
-        try:
-            for batch in batches:
-                if not put((batch, [load(i) for i in batch], None)):
-                    return
-        except BaseException as exc:  # handed to the consumer
-            put((None, None, exc))
-            return
-        put((None, None, None))
-
-    thread = threading.Thread(target=work, name="ml-audio-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            batch, arrays, err = q.get()
-            if err is not None:
-                raise err
-            if batch is None:
-                return
-            yield batch, arrays
-    finally:
-        stop.set()
 
 
 def collate(arrays: Sequence[np.ndarray], feature_extractor, device=None):
@@ -554,72 +491,17 @@ def _resolve_precision(requested: str, device) -> str:
     return "bf16" if requested == "bf16" else "no"
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
-    """The learning rate's multiplier at `step` (0-based): linear warm-up over `warmup` steps
-    that starts above zero (step 0 gets 1/(warmup+1)), then linear decay that stays above zero
-    until the last step, so every step trains (transformers' schedule gives step 0 a zero
-    rate: a one-step BUILD changed nothing). Warm-up is cut to at most total - 1 steps, so
-    the peak rate is reached (a one-step run trains at the full rate)."""
-    warmup = max(0, min(warmup, total - 1))
-    if step < warmup:
-        return (step + 1) / (warmup + 1)
-    return max(0.0, (total - step) / max(1, total - warmup))
-
-
-def adamw_schedule(model, opts: dict, rows: int, fused: bool = False):
-    """AdamW over the trainable parameters (no weight decay on biases and norms) and
-    lr_factor's schedule over the run's steps: (optimizer, scheduler, total_steps). With
-    `fused`, one kernel for all parameters where torch has it (what Trainer uses)."""
-    import torch
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (no_decay if param.ndim < 2 or "norm" in name.lower() else decay).append(param)
-    groups = [{"params": decay, "weight_decay": opts["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    optimizer = None
-    if fused:
-        try:
-            optimizer = torch.optim.AdamW(groups, lr=opts["learning_rate"], fused=True)
-        except (RuntimeError, TypeError):
-            optimizer = None
-    if optimizer is None:
-        optimizer = torch.optim.AdamW(groups, lr=opts["learning_rate"])
-    total_steps = opts["epochs"] * math.ceil(rows / opts["batch_size"])
-    if opts["max_steps"] is not None:
-        total_steps = min(total_steps, opts["max_steps"])
-    warmup = math.ceil(opts["warmup_ratio"] * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total_steps))
-    return optimizer, scheduler, total_steps
-
-
-def optimizer_step(loss, optimizer, scheduler, scaler, params, max_grad_norm: float) -> None:
-    """One step from a finite loss: backward (scaled under fp16), clip the gradients of
-    `params`, step, advance the schedule, clear the gradients."""
-    import torch
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-
-
 def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
           progress_callback: ProgressCallback | None = None,
-          should_stop: Callable[[], bool] | None = None, out_dir: str | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, out_dir: str | None = None,
+          team: Team | None = None) -> dict:
     """Fine-tune a CTC checkpoint on ``rows`` of (audio path, transcript); save to ``out_dir``.
 
     ``options`` are BUILD/FIT options (validated again here, so defaults fill in).
     ``progress_callback(step, epoch, loss, learning_rate, audio_seconds, elapsed)`` runs after
     every optimizer step (epoch is fractional, audio_seconds cumulative).  ``should_stop`` is
-    polled before every step (raises TrainingCancelled).  Returns a summary dict.
+    polled before every step (raises TrainingCancelled).  ``team`` is this worker's place in a
+    data-parallel run (default: the only worker).  Returns a summary dict.
     """
     from .checkpoints import load_base, locate
     from .options import validate
@@ -668,7 +550,8 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
     frames = model._get_feat_extract_output_lengths(torch.tensor([lengths[i] for i in range(len(rows))]))
     infeasible = sum(1 for lab, f in zip(labels, frames.tolist()) if len(lab) > f)
 
-    device = _pick_device()
+    team = team or Team()
+    device = team.device() or _pick_device()
     precision = _resolve_precision(opts["mixed_precision"], device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -678,76 +561,47 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
     if opts["freeze_feature_encoder"]:
         model.freeze_feature_encoder()
 
-    optimizer, scheduler, total_steps = adamw_schedule(model, opts, len(rows))
-    batch_size, epochs = opts["batch_size"], opts["epochs"]
-    rng = random.Random(opts["seed"])
+    plan = plan_steps(seconds, opts["batch_size"], opts["seed"], opts["epochs"], opts["max_steps"], team.size)
+    optimizer, scheduler = adamw_schedule(model, opts, len(plan))
 
-    step = 0
-    skipped = 0
-    last_finite = True
-    audio_done = 0.0
-    epoch_losses: list[float] = []
-    first_loss = None
-    epoch_pos = 0.0
-    for epoch in range(epochs):
-        if step >= total_steps:
-            break
-        epoch_losses = []
-        batches = training_batches(seconds, batch_size, rng)
-        for b_index, (batch, arrays) in enumerate(prefetched(batches, lambda i: load_audio(paths[i], row_of[i]))):
-            if step >= total_steps:
-                break
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled("training cancelled")
-            values, mask, _ = collate(arrays, extractor, device)
-            width = max(len(labels[i]) for i in batch)
-            label_t = torch.full((len(batch), max(1, width)), -100, dtype=torch.long)
-            for row, i in enumerate(batch):
-                label_t[row, :len(labels[i])] = torch.tensor(labels[i], dtype=torch.long)
-            label_t = label_t.to(device)
-            lr_now = scheduler.get_last_lr()[0]
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = model(values, attention_mask=mask if use_mask else None, labels=label_t)
-            loss = out.loss
-            last_finite = bool(torch.isfinite(loss))
-            if not last_finite:
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
-                continue
-            optimizer_step(loss, optimizer, scheduler, scaler, model.parameters(), opts["max_grad_norm"])
-            step += 1
-            loss_value = float(loss.detach())
-            first_loss = loss_value if first_loss is None else first_loss
-            epoch_losses.append(loss_value)
-            audio_done += sum(seconds[i] for i in batch)
-            epoch_pos = epoch + (b_index + 1) / len(batches)
-            if progress_callback is not None:
-                progress_callback(step, round(epoch_pos, 4), loss_value, lr_now, audio_done,
-                                  time.monotonic() - started)
-    _check_finite(model, step, skipped, last_finite, opts)
+    def forward(net, batch, arrays):
+        values, mask, _ = collate(arrays, extractor, device)
+        width = max(len(labels[i]) for i in batch)
+        label_t = torch.full((len(batch), max(1, width)), -100, dtype=torch.long)
+        for row, i in enumerate(batch):
+            label_t[row, :len(labels[i])] = torch.tensor(labels[i], dtype=torch.long)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return net(values, attention_mask=mask if use_mask else None, labels=label_t.to(device)).loss
+
+    done = train_steps(model, forward, list(model.parameters()), optimizer, scheduler, scaler, plan,
+                       lambda i: load_audio(paths[i], row_of[i]), seconds, opts["max_grad_norm"], team,
+                       progress_callback, should_stop, started)
+    _check_finite(model, done.steps, done.skipped, done.last_finite, opts)
 
     model.eval()
-    os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
+    if team.leader:
+        os.makedirs(out_dir, exist_ok=True)
+        model.save_pretrained(out_dir)
+        processor.save_pretrained(out_dir)
     summary = {
-        "final_loss": float(np.mean(epoch_losses)) if epoch_losses else None,
-        "first_loss": first_loss,
-        "steps": step,
-        "epochs": round(epoch_pos, 4),
+        "final_loss": done.final_loss,
+        "first_loss": done.first_loss,
+        "steps": done.steps,
+        "epochs": round(done.epochs, 4),
         "utterances": len(rows),
         "skipped_rows": len(too_long),
         "train_audio_seconds": round(sum(seconds), 3),
-        "audio_seconds": round(audio_done, 3),
+        "audio_seconds": round(done.audio_seconds, 3),
         "seconds": round(time.monotonic() - started, 3),
         "device": device.type,
         "mixed_precision": precision,
-        "skipped_steps": skipped,
+        "skipped_steps": done.skipped,
         "infeasible_rows": infeasible,
+        "workers": team.size,
         "base_model": str(base_dir_or_id),
     }
-    with open(os.path.join(out_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
-        json.dump({"summary": summary, "options": opts}, f, indent=2, default=str)
+    if team.leader:
+        with open(os.path.join(out_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
+            json.dump({"summary": summary, "options": opts}, f, indent=2, default=str)
+    team.publish(out_dir)
     return summary

@@ -27,14 +27,15 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from .audio import SAMPLE_RATE, load_audio
-from .errors import AudioTooLong, BadOptions, CheckpointUnavailable, MLError, TrainingCancelled, TrainingFailed
+from .distributed import Team, plan_steps
+from .errors import AudioTooLong, BadOptions, CheckpointUnavailable, MLError, TrainingFailed
+from .training_loop import ProgressCallback, adamw_schedule, train_steps
 
 CLASS_NAME = "Whisper"
 #: The transformers checkpoint inside a version folder (the CTranslate2 files sit beside it).
@@ -43,9 +44,6 @@ SUMMARY_FILE = "thanosql_training.json"
 WINDOW_FRAMES = 3000   # the encoder's 30 s input, always
 MAX_LABEL_TOKENS = 448 - 1  # decoder positions, less <|startoftranscript|>
 MULTILINGUAL_VOCAB = 51865  # English-only Whisper models have 51864 tokens
-
-ProgressCallback = Callable[[int, float, float, float, float, float], None]
-
 
 # ----------------------------------------------------------------------------- base weights
 
@@ -207,13 +205,15 @@ def export_ctranslate2(hf_dir: str, out_dir: str) -> None:
 
 
 def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: ProgressCallback | None = None,
-          should_stop: Callable[[], bool] | None = None, out_dir: str | None = None) -> dict:
+          should_stop: Callable[[], bool] | None = None, out_dir: str | None = None,
+          team: Team | None = None) -> dict:
     """Fine-tune Whisper on ``rows`` of (audio path, transcript[, query row]); save to ``out_dir``.
 
     The contract is ``ml.wav2vec2.train``'s: ``options`` are BUILD/FIT options (validated
     again, so defaults fill in), ``progress_callback(step, epoch, loss, learning_rate,
     audio_seconds, elapsed)`` runs after every optimizer step, ``should_stop`` is polled before
-    every step (TrainingCancelled), the summary dict is returned.
+    every step (TrainingCancelled), ``team`` places this worker in a data-parallel run, the
+    summary dict is returned.
     """
     from . import wav2vec2 as shared
     from .options import validate
@@ -266,7 +266,8 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
                              f"takes at most {MAX_LABEL_TOKENS} (split the utterance)")
     features = Features(config.num_mel_bins)
 
-    device = shared._pick_device()
+    team = team or Team()
+    device = team.device() or shared._pick_device()
     precision = shared._resolve_precision(opts["mixed_precision"], device)
     amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
@@ -276,72 +277,45 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
     if opts["freeze_encoder"]:
         model.freeze_encoder()
 
-    optimizer, scheduler, total_steps = shared.adamw_schedule(model, opts, len(paths), fused=True)
-    batch_size, epochs = opts["batch_size"], opts["epochs"]
-    rng = random.Random(opts["seed"])
+    plan = plan_steps(seconds, opts["batch_size"], opts["seed"], opts["epochs"], opts["max_steps"], team.size)
+    optimizer, scheduler = adamw_schedule(model, opts, len(plan), fused=True)
 
     def load(i: int) -> np.ndarray:
         return features(load_audio(paths[i], row_of[i]))
 
-    step = skipped = 0
-    last_finite = True
-    audio_done = epoch_pos = 0.0
-    epoch_losses: list[float] = []
-    first_loss = None
-    for epoch in range(epochs):
-        if step >= total_steps:
-            break
-        epoch_losses = []
-        batches = shared.training_batches(seconds, batch_size, rng)
-        for b_index, (batch, feats) in enumerate(shared.prefetched(batches, load)):
-            if step >= total_steps:
-                break
-            if should_stop is not None and should_stop():
-                raise TrainingCancelled("training cancelled")
-            inputs = torch.from_numpy(np.stack(feats)).to(device)
-            label_t = _collate_labels([labels[i] for i in batch]).to(device)
-            lr_now = scheduler.get_last_lr()[0]
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = model(input_features=inputs, labels=label_t).loss
-            last_finite = bool(torch.isfinite(loss))
-            if not last_finite:
-                skipped += 1
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                step += 1
-                continue
-            shared.optimizer_step(loss, optimizer, scheduler, scaler,
-                                  [p for p in model.parameters() if p.requires_grad], opts["max_grad_norm"])
-            step += 1
-            loss_value = float(loss.detach())
-            first_loss = loss_value if first_loss is None else first_loss
-            epoch_losses.append(loss_value)
-            audio_done += sum(seconds[i] for i in batch)
-            epoch_pos = epoch + (b_index + 1) / len(batches)
-            if progress_callback is not None:
-                progress_callback(step, round(epoch_pos, 4), loss_value, lr_now, audio_done,
-                                  time.monotonic() - started)
-    shared._check_finite(model, step, skipped, last_finite, opts)
+    def forward(net, batch, arrays):
+        # features arrive computed (local loading) or as decoded audio (a team's data pipeline)
+        feats = [a if a.ndim == 2 else features(a) for a in arrays]
+        inputs = torch.from_numpy(np.stack(feats)).to(device)
+        label_t = _collate_labels([labels[i] for i in batch]).to(device)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return net(input_features=inputs, labels=label_t).loss
+
+    done = train_steps(model, forward, [p for p in model.parameters() if p.requires_grad], optimizer, scheduler,
+                       scaler, plan, load, seconds, opts["max_grad_norm"], team, progress_callback, should_stop,
+                       started)
+    shared._check_finite(model, done.steps, done.skipped, done.last_finite, opts)
     trained_at = time.monotonic()
 
     model.eval()
     model.config.use_cache = True
     from .whisper_convert import feature_extractor, save_checkpoint
 
-    os.makedirs(out_dir, exist_ok=True)
-    hf_dir = os.path.join(out_dir, TRANSFORMERS_DIR)
-    save_checkpoint(model.to("cpu"), tokenizer, feature_extractor(config.num_mel_bins), hf_dir)
-    del model, optimizer
-    export_ctranslate2(hf_dir, out_dir)
+    if team.leader:
+        os.makedirs(out_dir, exist_ok=True)
+        hf_dir = os.path.join(out_dir, TRANSFORMERS_DIR)
+        save_checkpoint(model.to("cpu"), tokenizer, feature_extractor(config.num_mel_bins), hf_dir)
+        del model, optimizer
+        export_ctranslate2(hf_dir, out_dir)
     summary = {
-        "final_loss": float(np.mean(epoch_losses)) if epoch_losses else None,
-        "first_loss": first_loss,
-        "steps": step,
-        "epochs": round(epoch_pos, 4),
+        "final_loss": done.final_loss,
+        "first_loss": done.first_loss,
+        "steps": done.steps,
+        "epochs": round(done.epochs, 4),
         "utterances": len(paths),
         "skipped_rows": len(too_long),
         "train_audio_seconds": round(sum(seconds), 3),
-        "audio_seconds": round(audio_done, 3),
+        "audio_seconds": round(done.audio_seconds, 3),
         "seconds": round(time.monotonic() - started, 3),
         # where the time went: reading the base weights (and converting them), the training
         # loop, saving the transformers checkpoint and exporting it to CTranslate2
@@ -350,11 +324,14 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
         "seconds_save_export": round(time.monotonic() - trained_at, 3),
         "device": device.type,
         "mixed_precision": precision,
-        "skipped_steps": skipped,
+        "skipped_steps": done.skipped,
+        "workers": team.size,
         "base_model": str(base),
         "base_format": origin,
         "exported": "ctranslate2 float16",
     }
-    with open(os.path.join(out_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
-        json.dump({"summary": summary, "options": opts}, f, indent=2, default=str)
+    if team.leader:
+        with open(os.path.join(out_dir, SUMMARY_FILE), "w", encoding="utf-8") as f:
+            json.dump({"summary": summary, "options": opts}, f, indent=2, default=str)
+    team.publish(out_dir)
     return summary
