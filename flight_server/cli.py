@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -50,6 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-memory", metavar="SIZE", default=env("THANOSQL_CACHE_MEMORY", "25%"),
                    help="memory for serving hot tables as Arrow (e.g. 4GiB, 512MB, 25%% of RAM; "
                         "0 reads every query from Parquet); default %(default)s")
+    p.add_argument("--ray", metavar="ADDRESS", default=env("THANOSQL_RAY_ADDRESS"),
+                   help="scale out on Ray (pip install -e '.[ray]'): 'local' starts a Ray instance owned by "
+                        "the server; 'auto', HOST:PORT or ray://HOST:PORT join a running cluster. BUILD/FIT then "
+                        "train as Ray Train jobs (OPTIONS num_workers, use_gpu, resources_per_worker, "
+                        "max_failures), PREDICT/EVALUATE with num_workers run on Ray Data (docs/scale-out.md)")
+    p.add_argument("--ray-storage", metavar="PATH_OR_URI", default=env("THANOSQL_RAY_STORAGE"),
+                   help="where Ray Train keeps checkpoints: a folder every node mounts, or s3://..., gs://... "
+                        "(default: DATA_DIR/ray_results, enough for one machine)")
     p.add_argument("--log-level", default=env("THANOSQL_LOG_LEVEL", "INFO"))
     return p
 
@@ -101,8 +110,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"--cache-memory: {exc}", file=sys.stderr)
         return 2
+    runner = None
+    if args.ray:
+        from ml.errors import MLError
+        from ml.ray_cluster import connect
+        from ml.runner import Runner
+        try:
+            runner = Runner(connect(args.ray, args.data_dir, storage=args.ray_storage))
+        except MLError as exc:
+            print(f"--ray {args.ray}: {exc}", file=sys.stderr)
+            return 2
     engine = Engine(args.data_dir, allowed_roots=args.allow_path, dataset_mirror=args.dataset_mirror,
-                    statement_timeout=args.statement_timeout, cache_memory=cache_memory)
+                    statement_timeout=args.statement_timeout, cache_memory=cache_memory, runner=runner)
     for problem in engine.load_problems:
         logging.getLogger("thanosql.server").warning("could not restore %s", problem)
     server = FlightSqlServer(engine, f"{scheme}://{args.host}:{args.port}",
@@ -110,11 +129,17 @@ def main(argv: list[str] | None = None) -> int:
                                  free_failures=args.login_attempts, base_delay=args.login_backoff)),
                              tls_certificates=tls, max_statement_bytes=args.max_statement_bytes)
     print(f"thanosql-server listening on {scheme}://{args.host}:{server.port} "
-          f"(data directory {engine.data_dir})", flush=True)
+          f"(data directory {engine.data_dir}; ML runs on {engine.runner.describe()})", flush=True)
+    def stop(signum, frame):  # SIGTERM shuts down as Ctrl-C does: trainings and a local Ray stop too
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
     try:
         server.serve()
     except KeyboardInterrupt:
         pass
+    finally:
+        engine.close()
     return 0
 
 

@@ -144,6 +144,14 @@ class FlightSqlServer(flight.FlightServerBase):
         # Flight SQL reports the statement timeout in milliseconds (0: none).
         self.sql_info[md.SqlInfo.FLIGHT_SQL_SERVER_STATEMENT_TIMEOUT] = int(engine.statement_timeout * 1000)
 
+    def shutdown(self):
+        """Stop the engine's trainings first (background ones, and waiting BUILDs, which
+        would otherwise hold their calls open until trained), then the server."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+        super().shutdown()
+
     @staticmethod
     def _identity(context) -> str:
         call = context.get_middleware("auth")

@@ -45,7 +45,7 @@ class Option:
     """One option: canonical name, type, default and the values it accepts."""
 
     name: str
-    kind: str  # 'str' | 'int' | 'float' | 'bool' | 'precision'
+    kind: str  # 'str' | 'int' | 'float' | 'bool' | 'precision' | 'resources'
     default: Any = None  # a value, or a zero-argument callable evaluated at validation time
     help: str = ""
     aliases: tuple[str, ...] = ()
@@ -62,6 +62,7 @@ class Option:
         return {"str": "a string", "int": "an integer", "float": "a number",
                 "bool": "True or False",
                 "precision": "True, False or one of " + ", ".join(repr(m) for m in MIXED_PRECISION),
+                "resources": "a {'name': amount, ...} of Ray resources, e.g. {'CPU': 2, 'GPU': 1}",
                 }[self.kind]
 
     def check(self, value, where: str):
@@ -76,6 +77,7 @@ class Option:
             "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
             "bool": lambda v: isinstance(v, bool),
             "precision": lambda v: isinstance(v, bool) or (isinstance(v, str) and v.lower() in MIXED_PRECISION),
+            "resources": lambda v: isinstance(v, dict),
         }[self.kind](value)
         if not ok:
             raise BadOptions(f"option '{self.name}'{where} must be {self.type_name()}, "
@@ -89,6 +91,8 @@ class Option:
                 raise BadOptions(f"option '{self.name}'{where} must be a finite number, got {_shown(value)}")
         if self.kind == "precision":
             value = ("auto" if value else "no") if isinstance(value, bool) else value.lower()
+        if self.kind == "resources":
+            return _resources(value, f"option '{self.name}'{where}")
         if self.kind == "str" and not value.strip():
             raise BadOptions(f"option '{self.name}'{where} must not be empty")
         if self.choices:
@@ -108,12 +112,53 @@ class Option:
         return value
 
 
+def _resources(value: dict, what: str) -> dict[str, float]:
+    """A Ray resource request: names to finite amounts >= 0 (an amount over 1 is whole)."""
+    out: dict[str, float] = {}
+    for name, amount in value.items():
+        if not isinstance(name, str) or not name.strip() or len(name) > 100:
+            raise BadOptions(f"{what}: resource names are non-empty text, got {_shown(name)}")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount) \
+                or not 0 <= amount <= 1e6:
+            raise BadOptions(f"{what}: the amount of {name!r} must be a number from 0 to 1000000, "
+                             f"got {_shown(amount)}")
+        if amount > 1 and amount != int(amount):
+            raise BadOptions(f"{what}: an amount over 1 must be whole (Ray's rule), got {name!r}: {amount!r}")
+        out[name.strip()] = float(amount)
+    return out
+
+
 def _o(*args, **kwargs) -> Option:
     return Option(*args, **kwargs)
 
 
 _AUDIO_COL = _o("audio_col", "str", "audio", "column holding audio file paths")
 _TEXT_COL = _o("text_col", "str", "text", "column holding reference transcripts")
+#: Where a statement runs on a server started with --ray (docs/scale-out.md); without Ray,
+#: one worker on this machine is all there is.
+_NUM_WORKERS = _o("num_workers", "int", 1,
+                  "data-parallel training workers (Ray Train, DDP; a server started with --ray): each step "
+                  "trains on num_workers x batch_size utterances", minimum=1, maximum=1024)
+_USE_GPU = _o("use_gpu", "bool", False, "give each Ray worker one GPU (a server started with --ray)")
+_RESOURCES = _o("resources_per_worker", "resources", None,
+                "Ray resources of each worker, e.g. {'CPU': 4, 'GPU': 1} (NULL: 1 CPU, plus 1 GPU with "
+                "use_gpu=True)", nullable=True)
+_SCALE_OUT_TRAIN = (
+    _NUM_WORKERS, _USE_GPU, _RESOURCES,
+    _o("max_failures", "int", 0, "on Ray: restarts after a worker dies, each from the last checkpoint "
+       "(0: a dead worker fails the run)", minimum=0, maximum=100),
+    _o("checkpoint_steps", "int", 50, "on Ray with max_failures > 0: keep a checkpoint every this many "
+       "steps (a restart repeats at most this many)", minimum=1),
+)
+_SCALE_OUT_INFER = (
+    _o("num_workers", "int", None, "run on Ray Data with this many model replicas (an actor pool; a server "
+       "started with --ray); NULL: in the server", minimum=1, maximum=1024, nullable=True),
+    _USE_GPU, _RESOURCES,
+)
+_WAIT = _o("wait", "bool", True,
+           "False: check the options and rows, register the run, start training in the background and "
+           "return at once (status 'training'); follow it in thanosql.models / thanosql.training_info, stop "
+           "it with CANCEL MODEL")
 
 _TRAIN = (
     _AUDIO_COL,
@@ -140,7 +185,8 @@ _TRAIN = (
     _o("too_long", "str", "error",
        "what to do with an utterance over max_duration: 'error' (fail, naming the row and file) "
        "or 'skip' (leave it out; the result's skipped_rows counts them)", choices=("error", "skip")),
-)
+    _WAIT,
+) + _SCALE_OUT_TRAIN
 _BUILD = _TRAIN + (
     _o("base_model", "str", default_base_model,
        "checkpoint to fine-tune: a local folder or a Hugging Face hub id "
@@ -164,7 +210,7 @@ _PREDICT = (
        "error_col says why)", choices=("fail", "null")),
     _o("error_col", "str", "predict_error",
        "with on_error='null': name of the added column holding each row's error (NULL when fine)"),
-)
+) + _SCALE_OUT_INFER
 _NORMALIZER = _o("normalizer", "str", "whisper",
                   "text normalisation applied to references and transcripts before WER/CER: 'whisper' "
                   "(Whisper's EnglishTextNormalizer: case, punctuation, spelling variants, numbers), "
@@ -178,7 +224,7 @@ _EVALUATE = (
     _NORMALIZER,
     _o("details", "bool", False, "True: one row per utterance (row, audio, reference, transcript, wer, "
        "word_errors, words), worst first, instead of the corpus metrics"),
-)
+) + _SCALE_OUT_INFER
 
 # Whisper (PREDICT / EVALUATE only): ThanoSQL's options plus decoding and compute settings.
 _WHISPER_DECODE = (
@@ -231,7 +277,8 @@ _WHISPER_TRAIN = (
        "models; English-only models take 'en' only)"),
     _o("timestamps", "bool", True, "train each utterance as one segment framed by timestamp tokens (the form "
        "PREDICT decodes in); False trains with <|notimestamps|>, as transformers' recipe does"),
-)
+    _WAIT,
+) + _SCALE_OUT_TRAIN
 _WHISPER_BUILD = _WHISPER_TRAIN + (
     _o("base_model", "str", "whisper_tiny_en",
        "weights to fine-tune: a packaged model (whisper_tiny_en, whisper_base), a CTranslate2 Whisper "

@@ -234,7 +234,8 @@ class ModelRegistry:
                 if busy is not None and not overwrite:
                     if busy["status"] == "training":
                         raise ModelBusy(f"model {name!r} is being trained (version {busy['version']}); "
-                                        "wait for it, cancel it, or use OPTIONS (overwrite=True)")
+                                        f"wait for it, stop it with CANCEL MODEL {name}, or use OPTIONS "
+                                        "(overwrite=True)")
                     raise ModelExists(f"model {name!r} already exists (version {busy['version']}); use "
                                       f"OPTIONS (overwrite=True) to replace it, or FIT MODEL {name} USING "
                                       f"{name} to train a new version of it")
@@ -346,6 +347,23 @@ class ModelRegistry:
                         "WHERE run_id = ? AND status = 'training'", (status, str(error), _now_us(), run_id))
         self._remove_tree(self._staging(run_id))
 
+    def note_stopped(self, run_id: str, error: str) -> None:
+        """Say why a cancelled run was stopped (CANCEL MODEL, the server's shutdown), in
+        place of the trainer's generic reason."""
+        with self._write() as con:
+            con.execute("UPDATE ml_model_versions SET error = ?, updated_us = ? WHERE run_id = ? AND "
+                        "status = 'cancelled'", (str(error), _now_us(), run_id))
+
+    def latest_run(self, name: str) -> dict:
+        """The most recent run of ``name`` (whatever its status) as a dict; ModelNotFound
+        if the model has none."""
+        with self._connect() as con:
+            row = con.execute("SELECT run_id, version, status, error FROM ml_model_versions WHERE name = ? "
+                              "ORDER BY created_us DESC, rowid DESC LIMIT 1", (name,)).fetchone()
+            if row is None:
+                raise self._not_found(con, name)
+        return dict(row)
+
     def recover(self) -> int:
         """Start-up clean-up: runs left 'training' become failed, unpublished folders go.
 
@@ -399,7 +417,8 @@ class ModelRegistry:
                                        "ORDER BY created_us DESC LIMIT 1", (name,)).fetchone()
                     if last is not None and last["status"] == "training":
                         raise ModelBusy(f"model {name!r} is still being trained (version {last['version']}) "
-                                        "and has no ready version yet; wait for its BUILD to finish")
+                                        "and has no ready version yet; wait for its BUILD to finish (its "
+                                        "status is in thanosql.models)")
                     if last is not None:
                         raise self._not_found(con, name, f"model {name!r} has no ready version: its last run "
                                               f"was {last['status']} ({last['error'] or 'no message'}); "
@@ -435,22 +454,30 @@ class ModelRegistry:
             training = [r["version"] for r in rows if r["status"] == "training"]
             if training:
                 raise ModelBusy(f"model {name!r} is being trained (version {training[0]}); "
-                                "cancel that statement before deleting the model")
+                                f"stop it (CANCEL MODEL {name}) before deleting the model")
             con.execute("DELETE FROM ml_model_versions WHERE name = ?", (name,))
         if _NAME.match(name):
             self._remove_tree(os.path.join(self.models_root, name))
 
     def list_models(self) -> pa.Table:
-        """LIST MODEL: name, class_name, last_updated_utc of every model with a ready version."""
+        """LIST MODEL: name, class_name, last_updated_utc and status of every model with a
+        ready version or a run in training (ThanoSQL's three columns, then ours).
+
+        status is 'training' while a run of the model trains (a BUILD / FIT, waited for or
+        OPTIONS (wait=False)), else 'ready'; class and time are those of its latest ready
+        version, or of the training run while it has none (thanosql.models has every run)."""
         with self._connect() as con:
             rows = con.execute(
-                "SELECT v.name, v.class_name, v.updated_us FROM ml_model_versions v "
-                "WHERE v.status = 'ready' AND v.version = (SELECT MAX(version) FROM ml_model_versions w "
-                "WHERE w.name = v.name AND w.status = 'ready') ORDER BY v.name").fetchall()
+                "SELECT v.name, v.class_name, v.updated_us, (SELECT COUNT(*) FROM ml_model_versions t "
+                "WHERE t.name = v.name AND t.status = 'training') AS training FROM ml_model_versions v "
+                "WHERE v.rowid = (SELECT w.rowid FROM ml_model_versions w WHERE w.name = v.name AND "
+                "w.status IN ('ready', 'training') ORDER BY w.status = 'ready' DESC, w.version DESC, "
+                "w.created_us DESC LIMIT 1) ORDER BY v.name").fetchall()
         return pa.table({
             "name": pa.array([r[0] for r in rows], pa.string()),
             "class_name": pa.array([r[1] for r in rows], pa.string()),
             "last_updated_utc": pa.array([r[2] for r in rows], _TS),
+            "status": pa.array(["training" if r[3] else "ready" for r in rows], pa.string()),
         })
 
     def models_table(self) -> pa.Table:
@@ -478,14 +505,16 @@ class ModelRegistry:
         with self._connect() as con:
             rows = con.execute(
                 "SELECT v.name, v.version, p.step, p.epoch, p.loss, p.learning_rate, p.audio_seconds, "
-                "p.elapsed_seconds, p.recorded_us, v.status, v.run_id FROM ml_training_progress p "
+                "p.elapsed_seconds, p.recorded_us, v.status, v.run_id, "
+                "COALESCE(json_extract(v.options, '$.num_workers'), 1) FROM ml_training_progress p "
                 "JOIN ml_model_versions v ON v.run_id = p.run_id "
                 "ORDER BY v.name, v.version, v.created_us, p.step").fetchall()
-        # status and run_id tell runs apart: a failed run keeps the version number it tried for.
+        # status and run_id tell runs apart: a failed run keeps the version number it tried for;
+        # workers is the run's data-parallel worker count (a step trains on workers x batch_size).
         names = ["model", "version", "step", "epoch", "loss", "learning_rate", "audio_seconds",
-                 "elapsed_seconds", "recorded_utc", "status", "run_id"]
+                 "elapsed_seconds", "recorded_utc", "status", "run_id", "workers"]
         types = [pa.string(), pa.int64(), pa.int64(), pa.float64(), pa.float64(), pa.float64(),
-                 pa.float64(), pa.float64(), _TS, pa.string(), pa.string()]
+                 pa.float64(), pa.float64(), _TS, pa.string(), pa.string(), pa.int64()]
         return pa.table({n: pa.array([r[i] for r in rows], t) for i, (n, t) in enumerate(zip(names, types))})
 
     def describe(self, name: str) -> pa.Table:

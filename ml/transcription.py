@@ -1,11 +1,12 @@
-"""What every model class's transcriber shares: its request checks, per-row failures, and
-taking turns on the cores (one forward pass or generate call at a time per model class)."""
+"""What every model class's transcriber shares: its request checks, per-row failures, taking
+turns on the cores (one forward pass or generate call at a time per model class), and the
+loop over a statement's chunks of rows."""
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 from .errors import AudioError, Cancelled
 
@@ -36,3 +37,24 @@ def turn(lock: threading.Lock, should_stop: Callable[[], bool] | None):
         yield
     finally:
         lock.release()
+
+
+def transcribe_chunks(transcriber, chunks: Iterable[tuple[list, list | None, int]], batch_size: int, *,
+                      should_stop: Callable[[], bool] | None = None, max_seconds: float | None = None,
+                      options: dict | None = None) -> Iterator[tuple[list, dict]]:
+    """(transcripts, stats) of each chunk of (paths, errors, first row number), in order.
+
+    A transcriber here takes the chunks one by one, as they come; one whose replicas run
+    elsewhere (``ml/ray_inference.py``) has ``transcribe_stream`` and takes the whole stream,
+    so its pipeline stays full.  ``errors`` (or None) is each chunk's per-row error list, filled
+    in place, as ``transcribe`` does.
+    """
+    stream = getattr(transcriber, "transcribe_stream", None)
+    if stream is not None:
+        yield from stream(chunks, batch_size, should_stop=should_stop, max_seconds=max_seconds, options=options)
+        return
+    for paths, errors, row_offset in chunks:
+        stats: dict = {}
+        texts = transcriber.transcribe(paths, batch_size, row_offset=row_offset, should_stop=should_stop,
+                                       stats=stats, max_seconds=max_seconds, errors=errors, options=options)
+        yield texts, stats

@@ -21,6 +21,7 @@ import traceback
 
 from . import errors as _errors
 from .errors import MLError, TrainingCancelled, TrainingFailed
+from .ray_cluster import RayCluster
 from .registry import PROGRESS_ROWS_PER_RUN, ModelRegistry, RunInfo
 
 log = logging.getLogger("thanosql.ml")
@@ -67,21 +68,26 @@ class _ProgressRecorder:
             self.recorded = True
 
 
-def _child_main(data_dir, run_id, base, rows, options, out_dir, conn, parent_pid, class_name="Wav2Vec2En"):
-    """Entry point of the training process: train, report ('ok', summary) or the error."""
+def _child_main(data_dir, run_id, base, rows, options, out_dir, conn, parent_pid, class_name="Wav2Vec2En",
+                cluster=None):
+    """Entry point of the training process: train (here, or as the driver of a Ray Train
+    job on ``cluster``), report ('ok', summary) or the error."""
     _watch_parent(parent_pid)
     try:
         os.nice(5)  # the server's query threads come first when the CPU is contended
     except OSError:
         pass
     try:
-        from .options import resolve_class
-
-        train = resolve_class(class_name).implementation().train
-
         registry = ModelRegistry(data_dir)
         recorder = _ProgressRecorder(registry, run_id)
-        summary = train(base, rows, options, recorder, None, out_dir)
+        if cluster is None:
+            from .options import resolve_class
+
+            summary = resolve_class(class_name).implementation().train(base, rows, options, recorder, None, out_dir)
+        else:
+            from .ray_training import train_on_ray
+
+            summary = train_on_ray(cluster, class_name, base, rows, options, recorder, out_dir, run_id)
         recorder.close()
         conn.send(("ok", summary))
     except BaseException as exc:  # reported to the parent, which decides what to raise
@@ -127,8 +133,12 @@ def _stop(proc) -> None:
 
 
 def run_training(registry: ModelRegistry, run: RunInfo, rows, options: dict,
-                 cancel: threading.Event | None = None, poll_interval: float = 0.2) -> dict:
+                 cancel: threading.Event | None = None, poll_interval: float = 0.2,
+                 cluster: RayCluster | None = None) -> dict:
     """Train ``run`` in a child process and publish it; returns the training summary.
+
+    With ``cluster`` the child is the driver of a Ray Train job there (``ml/ray_training.py``);
+    everything else (progress, cancel, failure, publishing) is the same.
 
     ``rows`` are (audio path, transcript) pairs, ``options`` validated BUILD/FIT options.
     Setting ``cancel`` terminates the child: the run is marked cancelled and
@@ -141,7 +151,7 @@ def run_training(registry: ModelRegistry, run: RunInfo, rows, options: dict,
     proc = ctx.Process(
         target=_child_main, name=f"thanosql-train-{run.name}-v{run.version}", daemon=True,
         args=(registry.data_dir, run.run_id, run.base, list(rows), dict(options), run.staging_dir,
-              sender, os.getpid(), run.class_name or "Wav2Vec2En"))
+              sender, os.getpid(), run.class_name or "Wav2Vec2En", cluster))
     try:
         proc.start()
     except BaseException as exc:

@@ -64,7 +64,7 @@ def session_config() -> SessionConfig:
 class Engine:
     def __init__(self, data_dir: str | Path, allowed_roots: Iterable[str | Path] = (),
                  dataset_mirror: str | Path | None = None, statement_timeout: float = 0.0,
-                 cache_memory: int | str = DEFAULT_CACHE_MEMORY):
+                 cache_memory: int | str = DEFAULT_CACHE_MEMORY, runner=None):
         limits.use_large_thread_stacks()  # before DataFusion starts its threads
         self.statement_timeout = statement_timeout
         self.data_dir = Path(data_dir).resolve()
@@ -84,6 +84,24 @@ class Engine:
         self.load_problems = self.store.load()
         self._transcribers: dict[str, Any] = {}
         self._transcribers_lock = threading.Lock()
+        from planner.jobs import TrainingJobs
+        self.jobs = TrainingJobs()  # the trainings running now: CANCEL MODEL, shutdown
+        self._runner = runner  # ml.runner.Runner: this machine (default) or a Ray cluster
+
+    def close(self) -> None:
+        """Stop what runs beyond a statement: every training (waited for or in the
+        background) is cancelled and its training process stopped. Idempotent."""
+        self.jobs.close()
+        if self._runner is not None:
+            self._runner.close()
+
+    @functools.cached_property
+    def runner(self):
+        """Where training and batch inference run (ml.runner): given at start, else this machine."""
+        if self._runner is None:
+            from ml.runner import Runner
+            self._runner = Runner()
+        return self._runner
 
     @functools.cached_property
     def registry(self):
@@ -94,6 +112,12 @@ class Engine:
         return registry
 
     def transcriber(self, model_dir: str, class_name: str = "Wav2Vec2En", options: dict | None = None):
+        """The transcriber of a PREDICT / EVALUATE: the runner's (replicas on a cluster when
+        the statement asks for workers there), else the server's own (``local_transcriber``)."""
+        return self.runner.transcriber(lambda: self.local_transcriber(model_dir, class_name, options),
+                                       model_dir, class_name, options or {})
+
+    def local_transcriber(self, model_dir: str, class_name: str = "Wav2Vec2En", options: dict | None = None):
         """A loaded inference model, kept for the next PREDICT (the last few are cached).
 
         The model class's module loads it (``load_transcriber``); the options that change

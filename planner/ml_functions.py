@@ -144,6 +144,7 @@ def _transcribe_group(state: FunctionState, model: str, option_text: str, paths:
         model_dir = str(engine.registry.model_dir(model))
         options = ml_options.validate(class_name, "predict",
                                       st.parse_options_text(option_text, f"transcribe() options {option_text!r}"))
+        engine.runner.check("predict", options)
     keep_going = options["on_error"] == "null"
     errors: list[str | None] | None = [None] * len(paths) if keep_going else None
     checked: list[str | None] = []

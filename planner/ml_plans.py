@@ -9,7 +9,9 @@ that plan's batches into ml/.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -90,10 +92,13 @@ def _plan(engine, statement: Any) -> Plan:
         from planner import datasets
         return _static(datasets.list_datasets, "ListThanosqlDatasets")
     if isinstance(statement, st.DescribeModel):
-        registry.model_dir(statement.name)  # NotFound now, not at execute
+        if not registry.known(statement.name):  # any run: one in training, or failed, is described too
+            registry.model_dir(statement.name)  # NotFound now (listing the models), not at execute
         return _static(lambda: registry.describe(statement.name), f"DescribeModel: {statement.name}")
     if isinstance(statement, st.DeleteModel):
         return affected_rows(update_plan(DeleteModelPlan, statement=statement), statement.name, of="model")
+    if isinstance(statement, st.CancelModel):
+        return affected_rows(update_plan(CancelModelPlan, statement=statement), statement.name, of="model")
     if isinstance(statement, st.GetDataset):
         from planner import datasets
         datasets.check_request(statement.name, statement.options)
@@ -224,6 +229,7 @@ class TrainNode(Plan):
         if isinstance(statement, st.FitModel):
             class_name = registry.class_of(statement.source_model)
             options = ml_options.validate(class_name, "fit", statement.options)
+            engine.runner.check("fit", options)  # scale-out options need a cluster
             base_model = str(registry.model_dir(statement.source_model))
             if statement.name != statement.source_model and registry.exists(statement.name) \
                     and not options.get("overwrite"):
@@ -232,6 +238,7 @@ class TrainNode(Plan):
         else:
             class_name = statement.class_name
             options = ml_options.validate(class_name, "build", statement.options)
+            engine.runner.check("build", options)  # scale-out options need a cluster
             base_model = options.get("base_model")
             if base_model != ml_options.default_base_model():  # named in SQL (the default is the admin's)
                 base_model = engine.policy.base_model(base_model)  # a folder inside the roots, or a hub id
@@ -257,7 +264,6 @@ class TrainNode(Plan):
 
     def _run(self, engine, params, cancel: CancelToken):
         from ml import options as ml_options
-        from ml import worker
         audio_col, text_col = self.options["audio_col"], self.options["text_col"]
         data = _collect_columns(engine, self.df.dataframe(engine, params), [audio_col, text_col], cancel)
         cancel.finished_reading()  # training takes long: replaced table versions need not wait for it
@@ -284,16 +290,57 @@ class TrainNode(Plan):
                                          self.base_model, self.statement.query, fit_from=fit_from,
                                          overwrite=bool(self.options.get("overwrite")))
         rows = [(paths[i], texts[i], i) for i in kept]  # the query's row numbers travel along
-        summary = worker.run_training(engine.registry, run, rows, self.options, cancel)
-        engine.forget_transcribers(self.statement.name)
-        row = {
-            "model": self.statement.name, "version": run.version, "status": "ready",
-            "epochs": summary.get("epochs"), "steps": summary.get("steps"),
-            "train_loss": summary.get("final_loss"), "audio_seconds": summary.get("audio_seconds"),
-            "seconds": summary.get("seconds"), "skipped_rows": len(skipped),
-        }
+        if self.options.get("wait", True):
+            training = engine.jobs.add(run.name, run.version, run.run_id, cancel)  # CANCEL MODEL finds it
+            try:
+                summary = self._train(engine, run, rows, training)
+            finally:
+                engine.jobs.finished(training)
+            row = {
+                "model": self.statement.name, "version": run.version, "status": "ready",
+                "epochs": summary.get("epochs"), "steps": summary.get("steps"),
+                "train_loss": summary.get("final_loss"), "audio_seconds": summary.get("audio_seconds"),
+                "seconds": summary.get("seconds"), "skipped_rows": len(skipped),
+            }
+        else:
+            # wait=False: the same run, not awaited. Its own token (the statement's ends with
+            # its call; its table pin was released after reading), stopped by CANCEL MODEL or
+            # the server's shutdown; its outcome goes to the registry (thanosql.models).
+            trainer = dataclasses.replace(self, df=None)  # not the inner query's plan (nor a cached table)
+            training = engine.jobs.add(run.name, run.version, run.run_id, CancelToken(), background=True)
+            try:
+                engine.jobs.start_background(training, lambda: trainer._train(engine, run, rows, training))
+            except BaseException as exc:
+                engine.registry.fail_run(run.run_id, f"could not start the training: {exc}")
+                raise
+            row = {"model": self.statement.name, "version": run.version, "status": "training",
+                   "skipped_rows": len(skipped)}
         table = pa.Table.from_pylist([row], schema=TRAIN_RESULT_SCHEMA)
         return pa.RecordBatchReader.from_batches(table.schema, table.to_batches())
+
+    def _train(self, engine, run, rows, training) -> dict:
+        """The one place a registered run trains, waited for or in the background: the
+        run ends ready (the summary is returned) or failed / cancelled in the registry
+        (raised). `training` is the run's entry in engine.jobs; its `cancel` stops it."""
+        from ml.errors import Cancelled as TrainingStopped
+        cancel = training.cancel
+        try:
+            summary = engine.runner.run_training(engine.registry, run, rows, self.options, cancel)
+        except BaseException as exc:
+            from ml.errors import MLError
+            if not isinstance(exc, MLError):  # the trainer marks its own failures; never leave a run 'training'
+                why = str(exc).strip() or "unexpected error (details in the server log)"
+                with contextlib.suppress(Exception):
+                    engine.registry.fail_run(run.run_id, f"training failed: {why}")
+            if training.reason:  # CANCEL MODEL or the shutdown: say so, in the registry and to the client
+                engine.registry.note_stopped(run.run_id, training.reason)
+            if isinstance(exc, TrainingStopped) and training.reason:
+                raise Cancelled(f"training of model {run.name!r} (version {run.version}) was "
+                                f"{training.reason}") from None
+            raise
+        finally:
+            engine.forget_transcribers(run.name)
+        return summary
 
 
 @dataclass
@@ -327,6 +374,7 @@ class PredictNode(InferenceNode):
         from ml import options as ml_options
         class_name = engine.registry.class_of(statement.model)
         options = ml_options.validate(class_name, "predict", statement.options)
+        engine.runner.check("predict", options)  # scale-out options need a cluster
         df = _inner(engine, statement.query)
         schema = df.schema()
         _require_text_columns(schema, {"audio_col": options["audio_col"]}, "PREDICT")
@@ -363,6 +411,26 @@ class PredictNode(InferenceNode):
         tracker.finish()
 
     def _transcribed(self, engine, transcriber, reader, cancel, tracker) -> Iterator[pa.RecordBatch]:
+        from collections import deque
+
+        from ml.transcription import transcribe_chunks
+        pending: deque = deque()  # chunks sent to the transcriber, in order, awaiting transcripts
+        requests = self._requests(engine, reader, tracker, pending)
+        with ml_errors():
+            for texts, _ in transcribe_chunks(transcriber, requests, self.options["batch_size"],
+                                              should_stop=cancel.is_set, max_seconds=self.options["max_duration"],
+                                              options=self.options):
+                cancel.check()
+                chunk, errors = pending.popleft()
+                tracker.add(chunk.num_rows)
+                columns = [*chunk.columns, pa.array(texts, pa.string())]
+                if errors is not None:
+                    columns.append(pa.array(errors, pa.string()))
+                yield pa.RecordBatch.from_arrays(columns, schema=self.dataset_schema)
+
+    def _requests(self, engine, reader, tracker, pending) -> Iterator[tuple[list, list | None, int]]:
+        """(paths, errors, first row) per chunk of the input, each path checked by the path
+        policy; the chunk itself waits in `pending` for its transcripts."""
         audio_col = self.options["audio_col"]
         keep_going = self.options["on_error"] == "null"
         # One output batch per transcriber batch: rows reach the client (and thanosql.progress
@@ -392,18 +460,9 @@ class PredictNode(InferenceNode):
                         except PlannerError as exc:  # an empty or refused path: this row's error
                             paths.append(None)
                             errors[i] = str(exc)
-                with ml_errors():
-                    texts = transcriber.transcribe(paths, self.options["batch_size"], row_offset=offset,
-                                                   should_stop=cancel.is_set,
-                                                   max_seconds=self.options["max_duration"], errors=errors,
-                                                   options=self.options)
-                cancel.check()
+                pending.append((chunk, errors))
+                yield paths, errors, offset
                 offset += chunk.num_rows
-                tracker.add(chunk.num_rows)
-                columns = [*chunk.columns, pa.array(texts, pa.string())]
-                if errors is not None:
-                    columns.append(pa.array(errors, pa.string()))
-                yield pa.RecordBatch.from_arrays(columns, schema=self.dataset_schema)
 
 
 @dataclass
@@ -415,6 +474,7 @@ class EvaluateNode(InferenceNode):
         from ml import options as ml_options
         class_name = engine.registry.class_of(statement.model)
         options = ml_options.validate(class_name, "evaluate", statement.options)
+        engine.runner.check("evaluate", options)  # scale-out options need a cluster
         df = _inner(engine, statement.query)
         _require_text_columns(df.schema(), {"audio_col": options["audio_col"], "text_col": options["text_col"]},
                               "EVALUATE")
@@ -464,17 +524,17 @@ class EvaluateNode(InferenceNode):
 
     def _transcribe(self, transcriber, paths, cancel, tracker) -> tuple[list, float]:
         """Batch by batch, each counted in thanosql.progress as it finishes."""
+        from ml.transcription import transcribe_chunks
         size = self.options["batch_size"]
+        requests = ((paths[start:start + size], None, start) for start in range(0, len(paths), size))
         hyps: list = []
         audio_seconds = 0.0
-        for start in range(0, len(paths), size):
-            stats: dict = {}
-            hyps += transcriber.transcribe(paths[start:start + size], size, row_offset=start,
-                                           should_stop=cancel.is_set, max_seconds=self.options["max_duration"],
-                                           stats=stats, options=self.options)
+        for texts, stats in transcribe_chunks(transcriber, requests, size, should_stop=cancel.is_set,
+                                              max_seconds=self.options["max_duration"], options=self.options):
             cancel.check()
+            hyps += texts
             audio_seconds += stats["audio_seconds"]
-            tracker.add(len(paths[start:start + size]))
+            tracker.add(len(texts))
         return hyps, audio_seconds
 
 
@@ -521,6 +581,51 @@ class DeleteModelPlan(Plan):
             engine.registry.delete(self.statement.name)
         engine.forget_transcribers(self.statement.name)
         return 1
+
+
+@dataclass
+class CancelModelPlan(Plan):
+    """CANCEL MODEL name: stop the model's training running in this server, whether its
+    BUILD / FIT waits on another connection or runs in the background (wait=False); return
+    once its run is marked cancelled. 1 per run cancelled."""
+    statement: Any = None
+
+    def run(self, engine, params, cancel):
+        from planner import jobs
+        name = self.statement.name
+        with ml_errors():
+            trainings = engine.jobs.cancel(name)
+            if not trainings:
+                trainings = self._just_registered(engine, name)
+            cancelled = 0
+            for training in trainings:
+                if not training.done.wait(jobs.STOP_WAIT_S):
+                    log.warning("CANCEL MODEL %s: version %s has not stopped yet", name, training.version)
+                    cancelled += 1  # asked to stop: it is marked cancelled when it does
+                elif engine.registry.get_run(training.run_id)["status"] == "cancelled":
+                    cancelled += 1  # (0 for a run that finished before the cancel reached it)
+        return cancelled
+
+    @staticmethod
+    def _just_registered(engine, name: str) -> list:
+        """No run of `name` trains here: NotFound for an unknown model, FailedPrecondition
+        saying its status otherwise. A run registered an instant ago (a BUILD between
+        registering its run and starting to train) is waited for briefly."""
+        from planner import jobs
+        latest = engine.registry.latest_run(name)  # ModelNotFound for a model never built
+        deadline = time.monotonic() + 2.0
+        while latest["status"] == "training" and time.monotonic() < deadline:
+            time.sleep(0.05)
+            trainings = engine.jobs.cancel(name, jobs.CANCELLED_BY_STATEMENT)
+            if trainings:
+                return trainings
+            latest = engine.registry.latest_run(name)
+        state = {"ready": "is ready", "failed": "failed", "cancelled": "was cancelled"}.get(latest["status"])
+        if state is None:  # training in the registry, by nothing this server can stop
+            raise FailedPrecondition(f"model {name!r} version {latest['version']} is being written by a "
+                                     "statement that cannot be cancelled (GET THANOSQL MODEL); wait for it")
+        raise FailedPrecondition(f"model {name!r} is not training (its latest version {latest['version']} "
+                                 f"{state})")
 
 
 GET_MODEL_OPTIONS = {"model_name": "name of the model to register (default: the pretrained model's name)",

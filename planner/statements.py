@@ -168,6 +168,12 @@ class DeleteModel:
 
 
 @dataclass(frozen=True)
+class CancelModel:
+    """CANCEL MODEL name (our extension): stop the model's running BUILD / FIT."""
+    name: str
+
+
+@dataclass(frozen=True)
 class DescribeModel:
     name: str
 
@@ -336,7 +342,8 @@ def _parse(sql: str) -> Any:
     return Query(sql, tuple(cur.tokens))
 
 
-_OWN_STATEMENT_WORDS = {"BUILD", "FIT", "PREDICT", "EVALUATE", "LIST", "GET", "COPY", "PRINT", "DESCRIBE"}
+_OWN_STATEMENT_WORDS = {"BUILD", "FIT", "PREDICT", "EVALUATE", "LIST", "GET", "COPY", "PRINT", "DESCRIBE",
+                        "CANCEL"}
 
 
 def _parse_own(cur: _Cursor) -> Any:
@@ -406,6 +413,12 @@ def _parse_own(cur: _Cursor) -> Any:
         name = cur.name("a model name")
         cur.done("DESCRIBE MODEL")
         return DescribeModel(name)
+    if word == "CANCEL":
+        cur.accept("CANCEL")
+        cur.expect("MODEL", "CANCEL MODEL")
+        name = cur.name("a model name")
+        cur.done("CANCEL MODEL")
+        return CancelModel(name)
     raise InvalidInput(f"unknown statement '{word}'")  # pragma: no cover - guarded by caller
 
 
@@ -601,8 +614,32 @@ def _expect_token(cur: _Cursor, kind: TokenType, context: str) -> None:
     cur.i += 1
 
 
+def _mapping(cur: _Cursor, key: str) -> dict[str, Any]:
+    """{'name': literal, ...}: names are quoted text, each at most once."""
+    cur.i += 1
+    items: dict[str, Any] = {}
+    while cur.peek() and cur.peek().token_type != TokenType.R_BRACE:
+        name = cur.peek()
+        if name.token_type != TokenType.STRING:
+            raise InvalidInput(f"option '{key}': a {{...}} value maps quoted names to values, e.g. "
+                               f"{{'CPU': 2}}; found {_shown(name.text)}")
+        if name.text in items:
+            raise InvalidInput(f"option '{key}': {name.text!r} is given twice")
+        cur.i += 1
+        _expect_token(cur, TokenType.COLON, f"':' after {name.text!r} in option '{key}'")
+        items[name.text] = _literal(cur, key)
+        nxt = cur.peek()
+        if nxt is not None and nxt.token_type == TokenType.COMMA:
+            cur.i += 1
+        elif nxt is not None and nxt.token_type != TokenType.R_BRACE:
+            raise InvalidInput(f"option '{key}': expected ',' or '}}' after the value of {name.text!r}, "
+                               f"found {_shown(nxt.text)}")
+    _expect_token(cur, TokenType.R_BRACE, f"the closing '}}' of option '{key}'")
+    return items
+
+
 _OPEN = {TokenType.L_BRACKET: TokenType.R_BRACKET, TokenType.L_PAREN: TokenType.R_PAREN}
-_CLOSE = (TokenType.COMMA, TokenType.R_PAREN, TokenType.R_BRACKET)
+_CLOSE = (TokenType.COMMA, TokenType.R_PAREN, TokenType.R_BRACKET, TokenType.R_BRACE)
 # A number as Python writes one, without its sign ('-' is a token of its own): 8, 1.5, 5., .5, 1e-4.
 _INT_TEXT = re.compile(r"[0-9]+")
 _NUMBER_TEXT = re.compile(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -656,7 +693,8 @@ def _number(cur: _Cursor, key: str) -> int | float:
 
 
 def _literal(cur: _Cursor, key: str) -> Any:
-    """Exactly one Python-like literal: 'text', 8, 1e-4, -3, True/False, None, [a, b] or (a, b).
+    """Exactly one Python-like literal: 'text', 8, 1e-4, -3, True/False, None, [a, b], (a, b) or
+    {'name': value, ...} (e.g. resources_per_worker={'CPU': 2, 'GPU': 1}).
 
     Anything else is InvalidInput naming the option: an expression (``1e999-1e999``,
     ``1-1``), a number with something glued to it (``0x10``, ``1_0``, ``1j``), a number that
@@ -692,6 +730,8 @@ def _literal(cur: _Cursor, key: str) -> Any:
                 _not_one_literal(cur, key, first, nxt)
         _expect_token(cur, closing, f"the end of the list in option '{key}'")
         return items
+    if kind == TokenType.L_BRACE:
+        return _mapping(cur, key)
     if kind in _CLOSE:
         raise InvalidInput(f"option '{key}' has no value before {_shown(tok.text)}")
     text, last = _run(cur, cur.i)

@@ -23,6 +23,21 @@ def test_client_and_server_read_options_alike():
     assert (seen.kind, seen.model, seen.query) == ("BUILD", "m", "SELECT 1")
     bad = statements.describe("PREDICT USING m OPTIONS (batch_size=1 + 1) AS SELECT 1")
     assert (bad.kind, bad.model) == ("PREDICT", None)  # the server will say what is wrong
+    cancel = statements.describe("CANCEL MODEL m")
+    assert (cancel.kind, cancel.model) == ("CANCEL", None)  # no progress display for it
+
+
+def test_a_background_build_shows_no_progress(monkeypatch):
+    """BUILD ... OPTIONS (wait=False) returns at once: no progress display is drawn for it."""
+    from thanosql import client, progress
+    shown = []
+    monkeypatch.setattr(progress, "run_with_progress", lambda _client, statement, **_: shown.append(statement))
+    monkeypatch.setattr(client.Client, "run", lambda _self, statement, **_: statement)
+    c = client.Client.__new__(client.Client)
+    assert c.execute("BUILD MODEL m USING Wav2Vec2En OPTIONS (WAIT=False) AS SELECT 1").kind == "BUILD"
+    assert not shown
+    c.execute("BUILD MODEL m USING Wav2Vec2En OPTIONS (wait=True) AS SELECT 1")
+    assert len(shown) == 1
 
 
 def test_the_client_imports_no_server_machinery():

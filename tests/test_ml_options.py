@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ml.errors import BadOptions, UnknownModelClass
@@ -21,9 +23,11 @@ def test_defaults_and_the_tutorials_options(monkeypatch):
     assert validate("Wav2Vec2En", "build", {})["base_model"] == "/models/base"
     predict = validate("wav2vec2en", "PREDICT", None)
     assert predict == {"audio_col": "audio", "batch_size": 8, "result_col": "predict_result",
-                       "max_duration": 4 * 3600.0, "on_error": "fail", "error_col": "predict_error"}
+                       "max_duration": 4 * 3600.0, "on_error": "fail", "error_col": "predict_error",
+                       "num_workers": None, "use_gpu": False, "resources_per_worker": None}
     assert set(validate("Wav2Vec2En", "evaluate", {})) == {"audio_col", "text_col", "batch_size", "max_duration",
-                                                          "normalizer", "details"}
+                                                          "normalizer", "details", "num_workers", "use_gpu",
+                                                              "resources_per_worker"}
     assert "base_model" not in validate("Wav2Vec2En", "fit", {})
 
 
@@ -100,3 +104,24 @@ def test_model_classes_for_list_thanosql_model():
     assert table.column("name").to_pylist() == ["Wav2Vec2En", "Whisper"]
     assert table.column("statements").to_pylist() == ["BUILD, FIT, PREDICT, EVALUATE"] * 2  # Whisper fine-tunes too
     assert "whisper_tiny_en" in table.column("pretrained").to_pylist()[1]
+
+
+def test_scale_out_options_are_checked_and_refused_without_ray():
+    from ml.runner import Runner
+
+    opts = validate("Wav2Vec2En", "build", {"num_workers": 2, "resources_per_worker": {"CPU": 2, "GPU": 1}})
+    assert opts["num_workers"] == 2 and opts["resources_per_worker"] == {"CPU": 2.0, "GPU": 1.0}
+    assert opts["max_failures"] == 0 and opts["checkpoint_steps"] == 50 and opts["use_gpu"] is False
+    for bad, says in [({"resources_per_worker": {"CPU": -1}}, "from 0 to"), ({"resources_per_worker": 2}, "{'name'"),
+                      ({"resources_per_worker": {"CPU": 2.5}}, "whole"), ({"num_workers": 0}, ">= 1"),
+                      ({"max_failures": -1}, ">= 0")]:
+        with pytest.raises(BadOptions, match=re.escape(says)):
+            validate("Wav2Vec2En", "build", bad)
+    local = Runner()
+    local.check("build", validate("Wav2Vec2En", "build", {"num_workers": 1}))  # one worker: this machine
+    local.check("predict", validate("Whisper", "predict", {}))
+    for statement, given in [("build", {"num_workers": 2}), ("fit", {"max_failures": 1}),
+                             ("predict", {"num_workers": 1}), ("evaluate", {"use_gpu": True}),
+                             ("build", {"resources_per_worker": {"CPU": 1}})]:
+        with pytest.raises(BadOptions, match="need a server started with --ray ADDRESS"):
+            local.check(statement, validate("Wav2Vec2En", statement, given))

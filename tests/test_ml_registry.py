@@ -32,7 +32,10 @@ def test_lifecycle(tmp_path):
     assert reg.list_models().num_rows == 0 and not reg.exists("asr")
     run = reg.create_run("asr", "Wav2Vec2En", {"epochs": 1}, "/base", "SELECT * FROM t")
     assert (run.name, run.version, run.base) == ("asr", 1, "/base") and os.path.isdir(run.staging_dir)
-    assert not reg.exists("asr")  # training: not visible yet
+    assert not reg.exists("asr")  # training: not usable yet
+    assert [(r["name"], r["class_name"], r["status"]) for r in reg.list_models().to_pylist()] == [
+        ("asr", "Wav2Vec2En", "training")]  # but LIST MODEL shows it training
+    assert reg.latest_run("asr")["status"] == "training"
     with pytest.raises(ModelBusy, match="still being trained"):  # FAILED_PRECONDITION, not NOT_FOUND
         reg.model_dir("asr")
     with pytest.raises(ModelBusy, match="being trained"):
@@ -45,15 +48,16 @@ def test_lifecycle(tmp_path):
     info = reg.training_info_table()
     assert info.num_rows == 2 and info.column("model").to_pylist() == ["asr", "asr"]
     assert info.column_names == ["model", "version", "step", "epoch", "loss", "learning_rate",
-                                 "audio_seconds", "elapsed_seconds", "recorded_utc", "status", "run_id"]
+                                 "audio_seconds", "elapsed_seconds", "recorded_utc", "status", "run_id", "workers"]
+    assert info.column("workers").to_pylist() == [1, 1]  # a run's data-parallel worker count (1 if not given)
     final = reg.finish_run(run.run_id, {"final_loss": 2.0})
     assert final == str(tmp_path / "models" / "asr" / "v1") and reg.model_dir("asr") == final
     assert os.listdir(final) == ["model.safetensors"] and not os.path.exists(run.staging_dir)
     assert reg.exists("asr")
 
     listed = reg.list_models()
-    assert listed.column_names == ["name", "class_name", "last_updated_utc"]
-    assert listed.column("name").to_pylist() == ["asr"]
+    assert listed.column_names == ["name", "class_name", "last_updated_utc", "status"]
+    assert listed.column("name").to_pylist() == ["asr"] and listed.column("status").to_pylist() == ["ready"]
     assert listed.schema.field("last_updated_utc").type == pa.timestamp("us", tz="UTC")
     models = reg.models_table()
     assert models.column_names == ["name", "class_name", "version", "status", "error", "options", "metrics",
@@ -74,7 +78,10 @@ def test_lifecycle(tmp_path):
     with pytest.raises(ModelNotFound, match="existing models: asr"):
         reg.create_run("other", "Wav2Vec2En", {}, None, "q", fit_from="nope")
     over = reg.create_run("asr", "Wav2Vec2En", {}, "/base", "q", overwrite=True)
+    assert [(r["name"], r["status"]) for r in reg.list_models().to_pylist()] == [("asr", "training")]
     reg.fail_run(over.run_id, "boom")
+    reg.note_stopped(over.run_id, "cancelled by CANCEL MODEL")  # only a cancelled run's reason is replaced
+    assert reg.list_models().column("status").to_pylist() == ["ready"]
     assert reg.model_dir("asr").endswith("v2") and not os.path.exists(over.staging_dir)
     assert reg.get_run(over.run_id)["status"] == "failed" and reg.get_run(over.run_id)["error"] == "boom"
 
@@ -106,6 +113,9 @@ def test_cancelled_run_leaves_nothing_and_name_stays_free(tmp_path):
     run = reg.create_run("m", "Wav2Vec2En", {}, "/base", "q")
     _stage(run)
     reg.fail_run(run.run_id, "cancelled by the client", status="cancelled")
+    reg.note_stopped(run.run_id, "cancelled by CANCEL MODEL")
+    assert reg.get_run(run.run_id)["error"] == "cancelled by CANCEL MODEL"
+    assert reg.latest_run("m")["status"] == "cancelled"
     assert not reg.exists("m") and reg.list_models().num_rows == 0
     assert reg.models_table().column("status").to_pylist() == ["cancelled"]
     assert not os.path.exists(tmp_path / "models" / "m")

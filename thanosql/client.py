@@ -91,7 +91,8 @@ class Client:
 
     def execute(self, sql: str, progress: bool = True) -> Result:
         statement = statements.single(sql)
-        if progress and statement.model:
+        background = any(str(k).lower() == "wait" and v is False for k, v in statement.options.items())
+        if progress and statement.model and not background:  # wait=False returns at once
             from thanosql import progress as bars
             if statement.kind in bars.LONG_STATEMENTS:
                 return bars.run_with_progress(self, statement)

@@ -63,7 +63,8 @@ class ThanoSQLMagics(Magics):
         from thanosql import pictures
         kind = result.statement.kind
         try:
-            if kind in ("BUILD", "FIT") and {"model", "version"} <= set(frame.columns) and len(frame) == 1:
+            if (kind in ("BUILD", "FIT") and {"model", "version"} <= set(frame.columns) and len(frame) == 1
+                    and ("status" not in frame.columns or frame["status"][0] == "ready")):  # not wait=False
                 display(pictures.training_curve(self.client, str(frame["model"][0]), int(frame["version"][0])))
             elif kind == "EVALUATE" and "reference_normalized" in frame.columns:
                 display(pictures.WorstUtterances(frame))

@@ -1,0 +1,117 @@
+"""The Ray cluster a server scales out on (``--ray ADDRESS`` / ``THANOSQL_RAY_ADDRESS``).
+
+``local`` starts a Ray instance owned by the server (stopped with it); ``auto``, ``host:port``
+and ``ray://host:port`` join a running cluster.  The server process connects once, for batch
+inference on Ray Data; each training run's worker process connects again as its own Ray
+driver (``ml/ray_training.py``), so cancelling a run is stopping that process: Ray then
+ends the run's training workers with it.
+
+Ray 2.60 turns token authentication on for clusters it starts.  A ``local`` instance keeps
+it: Ray writes the token to ``~/.ray/auth_token``, which the training processes (same user,
+same machine) read.  To join a cluster that uses tokens, give the server its token the way
+Ray documents (``RAY_AUTH_TOKEN`` or the token file); a refused connection says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MLError
+
+log = logging.getLogger("thanosql.ml")
+
+INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[train,data]>=2.60')"
+
+
+class RayUnavailable(MLError):
+    """Ray is not installed, or the cluster cannot be reached."""
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    """Where to reach the cluster (``address``: what a training process passes to
+    ``ray.init``) and where Ray Train keeps checkpoints (``storage``: a folder every node
+    sees, or a cloud URI, on a multi-node cluster)."""
+
+    address: str
+    storage: str
+    owned: bool = False
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayUnavailable(f"Ray is not installed; {INSTALL_HINT}") from None
+    return ray
+
+
+def connect(address: str, data_dir: str | Path, storage: str | None = None,
+            num_cpus: int | None = None) -> RayCluster:
+    """Join (or, for ``local``, start) the cluster from this process; RayUnavailable when
+    Ray is missing or the cluster refuses."""
+    ray = import_ray()
+    address = address.strip()
+    if not address:
+        raise RayUnavailable("--ray needs an address: local, auto, host:port or ray://host:port")
+    storage = storage or str(Path(data_dir).resolve() / "ray_results")
+    if "://" not in storage:
+        Path(storage).mkdir(parents=True, exist_ok=True)
+    kwargs = dict(include_dashboard=False, log_to_driver=False, namespace="thanosql",
+                  configure_logging=False)
+    try:
+        if address == "local":
+            ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        else:
+            ray.init(address=address, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - Ray's connection errors have many classes
+        raise RayUnavailable(f"cannot reach the Ray cluster at {address!r}: {str(exc).strip()[:500]} "
+                             "(a cluster with token authentication needs its token: RAY_AUTH_TOKEN or "
+                             "~/.ray/auth_token)") from None
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset progress reports in the log
+    if address.startswith("ray://"):
+        driver_address = address  # Ray Client: training processes connect the same way
+    else:
+        driver_address = ray.get_runtime_context().gcs_address
+    resources = ray.cluster_resources()
+    log.info("joined Ray at %s (%s; %g CPUs, %g GPUs); checkpoints in %s", driver_address,
+             "started here" if address == "local" else address, resources.get("CPU", 0),
+             resources.get("GPU", 0), storage)
+    return RayCluster(driver_address, storage, owned=address == "local")
+
+
+def disconnect(cluster: RayCluster | None) -> None:
+    """Leave the cluster (a ``local`` instance stops with it)."""
+    if cluster is None:
+        return
+    ray = import_ray()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def worker_resources(options: dict) -> tuple[dict[str, float], bool]:
+    """(resources of each worker, whether it takes a GPU) from num_workers' companions:
+    ``resources_per_worker`` as given, else 1 CPU, plus 1 GPU with ``use_gpu``."""
+    resources = dict(options.get("resources_per_worker") or {"CPU": 1.0})
+    use_gpu = bool(options.get("use_gpu")) or resources.get("GPU", 0) > 0
+    if use_gpu and resources.get("GPU", 0) == 0:
+        resources["GPU"] = 1.0
+    return resources, use_gpu
+
+
+def carried_error(exc: BaseException, what: str, fallback: type[MLError] = MLError) -> MLError:
+    """The ml error a worker or replica raised, when Ray carried it back inside its own
+    wrappers (a bad file, a diverged run: the user's message), else ``fallback`` saying what
+    Ray reported, in one line."""
+    seen, current = set(), exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, MLError):
+            return current
+        cause = getattr(current, "cause", None)
+        current = cause if isinstance(cause, BaseException) else current.__cause__
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return fallback(f"{what} on Ray failed: " + (lines[-1][:500] if lines else "a worker died"))

@@ -1,0 +1,73 @@
+"""Where ML statements run: on this machine, or on the Ray cluster the server joined.
+
+The planner holds one Runner and calls it the same way whatever it is (architecture: the
+runner is a choice made at server start, not per statement): ``check`` at prepare time,
+``run_training`` for BUILD / FIT, ``transcriber`` for PREDICT / EVALUATE.
+
+- Without Ray, training runs in a worker process here (``ml/worker.py``) and inference in
+  the server; the scale-out options are refused with a message saying what they need.
+- With Ray, every BUILD / FIT is a Ray Train job of ``num_workers`` workers (default 1),
+  driven from the same worker process (so progress, cancel and publishing are unchanged);
+  a PREDICT / EVALUATE runs on Ray Data when it asks for ``num_workers``, and in the server
+  otherwise (a one-row transcribe() should not pay for a pipeline's start).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Callable
+
+from .errors import BadOptions
+from .ray_cluster import RayCluster, disconnect
+from .registry import ModelRegistry, RunInfo
+
+SCALE_OUT_DOC = "see docs/scale-out.md"
+
+
+class Runner:
+    def __init__(self, cluster: RayCluster | None = None):
+        self.cluster = cluster
+
+    def describe(self) -> str:
+        return "this machine" if self.cluster is None else f"Ray at {self.cluster.address}"
+
+    def check(self, statement: str, options: dict) -> None:
+        """Refuse, before anything runs, what this runner cannot do (BadOptions)."""
+        if self.cluster is not None:
+            return
+        training = statement in ("build", "fit")
+        asked = []
+        if training and options.get("num_workers", 1) > 1:
+            asked.append(f"num_workers={options['num_workers']}")
+        if not training and options.get("num_workers") is not None:
+            asked.append(f"num_workers={options['num_workers']}")
+        if options.get("use_gpu"):
+            asked.append("use_gpu=True")
+        if options.get("resources_per_worker") is not None:
+            asked.append("resources_per_worker")
+        if training and options.get("max_failures", 0) > 0:
+            asked.append(f"max_failures={options['max_failures']}")
+        if asked:
+            raise BadOptions(f"{', '.join(asked)} need a server started with --ray ADDRESS (Ray scale-out; "
+                             f"{SCALE_OUT_DOC}); this server runs every statement on this machine "
+                             "(a GPU here is used without use_gpu)")
+
+    def run_training(self, registry: ModelRegistry, run: RunInfo, rows, options: dict,
+                     cancel: threading.Event | None = None) -> dict:
+        """Train ``run`` and publish it (``worker.run_training``); returns the summary."""
+        from .worker import run_training
+
+        return run_training(registry, run, rows, options, cancel, cluster=self.cluster)
+
+    def transcriber(self, local: Callable[[], object], model_dir: str, class_name: str, options: dict):
+        """The transcriber of a PREDICT / EVALUATE: replicas on Ray Data when it asks for
+        ``num_workers`` on a Ray server, else ``local()`` (the server's cached model)."""
+        if self.cluster is not None and options.get("num_workers") is not None:
+            from .ray_inference import RayTranscriber
+
+            return RayTranscriber(self.cluster, class_name, model_dir, options)
+        return local()
+
+    def close(self) -> None:
+        disconnect(self.cluster)
+        self.cluster = None

