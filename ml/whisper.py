@@ -602,9 +602,10 @@ def screen_training_rows(paths: Sequence[str], rows: Sequence[int] | None = None
     return screen(paths, rows, max_seconds=max_seconds, skip_long=skip_long, min_samples=MIN_TRAIN_SAMPLES)
 
 
-def train(base: str, rows, options: dict, progress_callback=None, should_stop=None, out_dir: str | None = None) -> dict:
+def train(base: str, rows, options: dict, progress_callback=None, should_stop=None, out_dir: str | None = None,
+          team=None) -> dict:
     """Fine-tune Whisper with transformers and export the result to CTranslate2
-    (``ml/whisper_training.py``); the worker process calls this."""
+    (``ml/whisper_training.py``); the worker process (or a Ray Train worker) calls this."""
     from .whisper_training import train as fine_tune
 
-    return fine_tune(base, rows, options, progress_callback, should_stop, out_dir)
+    return fine_tune(base, rows, options, progress_callback, should_stop, out_dir, team=team)
