@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-memory", metavar="SIZE", default=env("THANOSQL_CACHE_MEMORY", "25%"),
                    help="memory for serving hot tables as Arrow (e.g. 4GiB, 512MB, 25%% of RAM; "
                         "0 reads every query from Parquet); default %(default)s")
+    p.add_argument("--max-trainings", type=int, metavar="N", default=int(env("THANOSQL_MAX_TRAININGS", "4")),
+                   help="BUILD / FIT trainings at once, waited for or in the background (wait=False); one more "
+                        "is refused with RESOURCE_EXHAUSTED; default %(default)s")
     p.add_argument("--ray", metavar="ADDRESS", default=env("THANOSQL_RAY_ADDRESS"),
                    help="scale out on Ray (pip install -e '.[ray]'): 'local' starts a Ray instance owned by "
                         "the server; 'auto', HOST:PORT or ray://HOST:PORT join a running cluster. BUILD/FIT then "
@@ -121,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--ray {args.ray}: {exc}", file=sys.stderr)
             return 2
     engine = Engine(args.data_dir, allowed_roots=args.allow_path, dataset_mirror=args.dataset_mirror,
-                    statement_timeout=args.statement_timeout, cache_memory=cache_memory, runner=runner)
+                    statement_timeout=args.statement_timeout, cache_memory=cache_memory, runner=runner,
+                    max_trainings=max(1, args.max_trainings))
     for problem in engine.load_problems:
         logging.getLogger("thanosql.server").warning("could not restore %s", problem)
     server = FlightSqlServer(engine, f"{scheme}://{args.host}:{args.port}",

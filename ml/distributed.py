@@ -15,7 +15,9 @@ hands the training loop a subclass of ``Team`` (``ml/ray_training.py``).
 
 from __future__ import annotations
 
+import math
 import random
+from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence
 
@@ -26,28 +28,58 @@ from .batching import prefetched, training_batches
 
 @dataclass(frozen=True)
 class Step:
-    """One optimizer step: its epoch, the epochs done after it, one batch per worker."""
+    """One optimizer step: its number, its epoch, the epochs done after it, one batch per
+    worker; the first ``distinct`` batches are the epoch's own, any after them repeat them."""
 
+    index: int
     epoch: int
     position: float
     batches: tuple[tuple[int, ...], ...]
+    distinct: int
 
 
-def plan_steps(seconds: Sequence[float], batch_size: int, seed: int, epochs: int,
-               max_steps: int | None, workers: int) -> list[Step]:
+class StepPlan:
     """Every step of a run: per epoch, length-grouped random batches (``training_batches``,
-    one random generator seeded once for the whole run), dealt to ``workers`` in groups."""
-    rng = random.Random(seed)
-    steps: list[Step] = []
-    for epoch in range(epochs):
-        batches = training_batches(seconds, batch_size, rng)
-        groups = [batches[i:i + workers] for i in range(0, len(batches), workers)]
-        for k, group in enumerate(groups):
-            dealt = tuple(tuple(group[r % len(group)]) for r in range(workers))
-            steps.append(Step(epoch, epoch + (k + 1) / len(groups), dealt))
-            if max_steps is not None and len(steps) >= max_steps:
-                return steps
-    return steps
+    one random generator seeded once for the whole run), dealt to ``workers`` in groups.
+
+    Steps are generated epoch by epoch as they are needed, so a run of many epochs (a
+    background BUILD told to train until cancelled) never holds them all.
+    """
+
+    def __init__(self, seconds: Sequence[float], batch_size: int, seed: int, epochs: int,
+                 max_steps: int | None, workers: int):
+        self.seconds, self.batch_size, self.seed = list(seconds), batch_size, seed
+        self.epochs, self.workers = epochs, workers
+        batches = math.ceil(len(self.seconds) / batch_size)  # what training_batches makes
+        self.per_epoch = math.ceil(batches / workers)
+        total = epochs * self.per_epoch
+        self.total = total if max_steps is None else min(total, max_steps)
+
+    def __len__(self) -> int:
+        return self.total
+
+    def epochs_from(self, start: int = 0) -> Iterator[list[Step]]:
+        """The steps of each epoch that has steps from ``start`` on, epoch by epoch."""
+        rng = random.Random(self.seed)
+        for epoch in range(self.epochs):
+            first = epoch * self.per_epoch
+            if first >= self.total:
+                return
+            batches = training_batches(self.seconds, self.batch_size, rng)  # advances rng: always drawn
+            if first + self.per_epoch <= start:
+                continue
+            groups = [batches[i:i + self.workers] for i in range(0, len(batches), self.workers)]
+            steps = []
+            for k, group in enumerate(groups):
+                index = first + k
+                if start <= index < self.total:
+                    dealt = tuple(tuple(group[r % len(group)]) for r in range(self.workers))
+                    steps.append(Step(index, epoch, epoch + (k + 1) / len(groups), dealt, len(group)))
+            yield steps
+
+    def steps_from(self, start: int = 0) -> Iterator[Step]:
+        for steps in self.epochs_from(start):
+            yield from steps
 
 
 class Team:
@@ -70,11 +102,23 @@ class Team:
         """The torch device this worker trains on; None: the model class picks (CUDA if any)."""
         return None
 
-    def batches(self, steps: Sequence[Step], load: Callable[[int], np.ndarray],
-                start: int = 0) -> Iterator[tuple[list[int], list[np.ndarray]]]:
-        """(batch, decoded arrays) of this worker's batch of every step from ``start``,
+    def batches(self, plan: StepPlan, load: Callable[[int], np.ndarray],
+                start: int = 0) -> Iterator[tuple[Step, list[np.ndarray]]]:
+        """(step, decoded arrays of this worker's batch) of every step from ``start``,
         decoded by ``load`` in a thread ahead of the loop."""
-        return prefetched((list(s.batches[self.rank]) for s in steps[start:]), load)
+        pending: deque[Step] = deque()
+
+        def own_batches():
+            for step in plan.steps_from(start):
+                pending.append(step)
+                yield list(step.batches[self.rank])
+
+        decoded = prefetched(own_batches(), load)
+        try:
+            for _, arrays in decoded:
+                yield pending.popleft(), arrays
+        finally:
+            decoded.close()
 
     def wrap(self, model):
         """The module to run forward passes through: the model itself, or DDP over it.
@@ -105,8 +149,9 @@ class Team:
             return finite, value, audio_seconds
         import torch.distributed as dist
 
+        # on the loss's device: NCCL (the backend of GPU workers) reduces CUDA tensors only
         figures = torch.tensor([0.0 if finite else 1.0, value if finite else 0.0, audio_seconds],
-                               dtype=torch.float64)
+                               dtype=torch.float64, device=loss.device)
         dist.all_reduce(figures)
         all_finite = figures[0].item() == 0
         return all_finite, figures[1].item() / self.size, figures[2].item()

@@ -66,3 +66,7 @@ class Cancelled(MLError):
 
 class TrainingCancelled(Cancelled):
     """Training was cancelled; the run is marked cancelled and nothing is visible."""
+
+
+class NoCapacity(MLError):
+    """The cluster cannot hold what a statement asked for (replicas, workers, GPUs)."""

@@ -119,9 +119,9 @@ def _resources(value: dict, what: str) -> dict[str, float]:
         if not isinstance(name, str) or not name.strip() or len(name) > 100:
             raise BadOptions(f"{what}: resource names are non-empty text, got {_shown(name)}")
         if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount) \
-                or not 0 <= amount <= 1e6:
-            raise BadOptions(f"{what}: the amount of {name!r} must be a number from 0 to 1000000, "
-                             f"got {_shown(amount)}")
+                or not 0 <= amount <= 1e15:
+            raise BadOptions(f"{what}: the amount of {name!r} must be a number from 0 to 1e15 (memory is in "
+                             f"bytes), got {_shown(amount)}")
         if amount > 1 and amount != int(amount):
             raise BadOptions(f"{what}: an amount over 1 must be whole (Ray's rule), got {name!r}: {amount!r}")
         out[name.strip()] = float(amount)
@@ -147,8 +147,8 @@ _SCALE_OUT_TRAIN = (
     _NUM_WORKERS, _USE_GPU, _RESOURCES,
     _o("max_failures", "int", 0, "on Ray: restarts after a worker dies, each from the last checkpoint "
        "(0: a dead worker fails the run)", minimum=0, maximum=100),
-    _o("checkpoint_steps", "int", 50, "on Ray with max_failures > 0: keep a checkpoint every this many "
-       "steps (a restart repeats at most this many)", minimum=1),
+    _o("checkpoint_steps", "int", 500, "on Ray with max_failures > 0: keep a checkpoint (model and optimizer "
+       "state) every this many steps; a restart repeats at most this many", minimum=1),
 )
 _SCALE_OUT_INFER = (
     _o("num_workers", "int", None, "run on Ray Data with this many model replicas (an actor pool; a server "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +55,20 @@ def connect(address: str, data_dir: str | Path, storage: str | None = None,
     """Join (or, for ``local``, start) the cluster from this process; RayUnavailable when
     Ray is missing or the cluster refuses."""
     ray = import_ray()
+    try:  # the extras, checked now rather than at the first BUILD
+        import ray.data  # noqa: F401
+        import ray.train.torch  # noqa: F401
+    except ImportError as exc:
+        raise RayUnavailable(f"Ray is installed without Train / Data ({exc}); {INSTALL_HINT}") from None
     address = address.strip()
     if not address:
         raise RayUnavailable("--ray needs an address: local, auto, host:port or ray://host:port")
+    own_storage = storage is None
     storage = storage or str(Path(data_dir).resolve() / "ray_results")
     if "://" not in storage:
         Path(storage).mkdir(parents=True, exist_ok=True)
+    if own_storage:
+        _forget_old_runs(Path(storage))
     kwargs = dict(include_dashboard=False, log_to_driver=False, namespace="thanosql",
                   configure_logging=False)
     try:
@@ -81,6 +90,13 @@ def connect(address: str, data_dir: str | Path, storage: str | None = None,
              "started here" if address == "local" else address, resources.get("CPU", 0),
              resources.get("GPU", 0), storage)
     return RayCluster(driver_address, storage, owned=address == "local")
+
+
+def _forget_old_runs(storage: Path) -> None:
+    """Checkpoints of runs that ended with their driver killed (no run trains at start: the
+    registry marks such runs failed), in the server's own storage folder."""
+    for folder in storage.glob("thanosql-*"):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def disconnect(cluster: RayCluster | None) -> None:
@@ -106,12 +122,27 @@ def carried_error(exc: BaseException, what: str, fallback: type[MLError] = MLErr
     """The ml error a worker or replica raised, when Ray carried it back inside its own
     wrappers (a bad file, a diverged run: the user's message), else ``fallback`` saying what
     Ray reported, in one line."""
-    seen, current = set(), exc
-    while current is not None and id(current) not in seen:
+    seen: set[int] = set()
+    waiting = [exc]
+    while waiting:  # a breadth-first walk of what Ray wraps: causes, workers' failures
+        current = waiting.pop(0)
+        if current is None or id(current) in seen:
+            continue
         seen.add(id(current))
         if isinstance(current, MLError):
             return current
         cause = getattr(current, "cause", None)
-        current = cause if isinstance(cause, BaseException) else current.__cause__
+        waiting += [cause if isinstance(cause, BaseException) else None, current.__cause__]
+        failures = getattr(current, "worker_failures", None)  # Ray Train v2's WorkerGroupError
+        if isinstance(failures, dict):
+            waiting += [f for f in failures.values() if isinstance(f, BaseException)]
     lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
-    return fallback(f"{what} on Ray failed: " + (lines[-1][:500] if lines else "a worker died"))
+    return fallback(f"{what} on Ray failed: " + (_plain(lines[-1]) if lines else "a worker died"))
+
+
+def _plain(line: str) -> str:
+    """A line of Ray's error text without a leading Python exception name."""
+    name, sep, rest = line.partition(": ")
+    if sep and name.replace(".", "").replace("_", "").isalnum() and name[:1].isalpha() and " " not in name:
+        line = rest
+    return line[:500]

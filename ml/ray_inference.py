@@ -16,8 +16,17 @@ from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from .errors import MLError
+from .errors import Cancelled, MLError, NoCapacity
 from .ray_cluster import RayCluster, carried_error, import_ray, worker_resources
+
+
+#: How long a statement waits for its replicas to start (placed, model loaded) before it fails
+#: (RESOURCE_EXHAUSTED) rather than waiting for room forever; a cancel is seen after it.
+REPLICA_START_WAIT_S = 120
+
+
+def _shown(resources: dict) -> str:
+    return ", ".join(f"{amount:g} {name}" for name, amount in resources.items()) + " each"
 
 
 class _Replica:
@@ -77,8 +86,12 @@ class RayTranscriber:
                 paths.append(path)
                 errors.append(chunk_errors[i] if chunk_errors is not None else None)
             ends.append(len(rows))
-        ray.data.DataContext.get_current().execution_options.preserve_order = True
+        context = ray.data.DataContext.get_current()
+        context.execution_options.preserve_order = True
+        context.wait_for_min_actors_s = REPLICA_START_WAIT_S
         resources, use_gpu = worker_resources(options)
+        wanted = _shown(resources)
+        custom = {k: v for k, v in resources.items() if k not in ("CPU", "GPU")}
         table = pa.table({"row": pa.array(rows, pa.int64()), "path": pa.array(paths, pa.string()),
                           "error": pa.array(errors, pa.string())})
         # a block per batch: Ray Data hands blocks to whichever replica is free
@@ -88,8 +101,8 @@ class RayTranscriber:
             batch_format="pyarrow",
             fn_constructor_kwargs={"class_name": self.class_name, "model_dir": self.model_dir,
                                    "options": options, "keep_going": keep_going},
-            num_cpus=resources.pop("CPU", 1.0), num_gpus=resources.pop("GPU", 1.0 if use_gpu else 0.0),
-            resources=resources or None)
+            num_cpus=resources.get("CPU", 1.0), num_gpus=resources.get("GPU", 1.0 if use_gpu else 0.0),
+            resources=custom or None)
         texts: list = []
         done_errors: list = []
         seconds = 0.0
@@ -108,9 +121,13 @@ class RayTranscriber:
                     seconds = 0.0
                     chunk += 1
                 if should_stop is not None and should_stop():
-                    return
+                    raise Cancelled("transcription cancelled")
         except MLError:
             raise
+        except ray.exceptions.GetTimeoutError:
+            raise NoCapacity(f"the Ray cluster could not start {options['num_workers']} model replica(s) of "
+                             f"{wanted} within {REPLICA_START_WAIT_S} s: ask for fewer "
+                             "(num_workers, resources_per_worker), or wait for running jobs to end") from None
         except Exception as exc:  # noqa: BLE001 - Ray wraps the replicas' errors
             raise carried_error(exc, "inference") from None
         finally:

@@ -3,16 +3,18 @@
 
 This runs in the run's worker process (``ml/worker.py``), which becomes a Ray driver:
 
-- the driver plans the run's steps exactly as the loop will (``plan_steps``, same seed),
-  and gives each worker a Ray Dataset of its own batches in step order; Ray Data tasks
-  decode and resample the audio, so workers receive arrays, not paths;
-- each worker calls the class's ``train`` with a ``RayTeam``: DDP over the process group
-  Ray Train set up, its batches from its dataset, and (with ``max_failures`` > 0) a
-  checkpoint every ``checkpoint_steps`` steps that a restarted run continues from;
+- each worker calls the class's ``train`` with a ``RayTeam``: DDP over the process group Ray
+  Train set up; its own batches of the run's step plan (the one the local loop follows, from
+  the same seed) as a Ray Dataset per epoch, in step order, whose Ray Data tasks decode and
+  resample the audio; and, with ``max_failures`` > 0, a checkpoint every
+  ``checkpoint_steps`` steps that a restarted run continues from (its datasets start at the
+  step it continues from: nothing trained before is decoded again);
 - rank 0 sends every step's figures through a Ray queue, which the driver writes to the
-  registry (``thanosql.training_info``) as a local run does; its saved model comes back as
-  Ray Train's final checkpoint and is copied into the run's staging folder, so the server
-  publishes it exactly as it publishes a local run.
+  registry (``thanosql.training_info``) as a local run does; an error of ours (a bad file, a
+  diverged run) travels the same way and ends the run at once, with its own message, rather
+  than after Ray's restarts; rank 0's saved model comes back as Ray Train's final checkpoint
+  and is copied into the run's staging folder, so the server publishes it exactly as it
+  publishes a local run.
 
 Stopping the driver process (cancel, the client gone, the server stopping) ends the job:
 Ray stops the actors of a driver that exits.
@@ -20,7 +22,6 @@ Ray stops the actors of a driver that exits.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -30,43 +31,60 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .audio import SAMPLE_RATE, load_audio
-from .distributed import Step, Team, plan_steps
-from .errors import TrainingFailed
+from .audio import load_audio
+from .distributed import StepPlan, Team
+from .errors import MLError, TrainingFailed
 from .ray_cluster import RayCluster, carried_error, import_ray, worker_resources
+from .training_loop import SUMMARY_FILE
 
 log = logging.getLogger("thanosql.ml")
 
-SUMMARY_FILE = "thanosql_training.json"  # what every class's train() writes beside the model
 STATE_FILE = "training_state.pt"
+#: Folder of a run's Ray Train checkpoints under the storage path.
+RUN_FOLDER_PREFIX = "thanosql-"
 
 
 class RayTeam(Team):
-    """A worker of a Ray Train run: its rank, its dataset shard, Ray Train's checkpoints."""
+    """A worker of a Ray Train run: its rank, its data pipeline, Ray Train's checkpoints."""
 
-    def __init__(self, checkpoint_steps: int, keep_checkpoints: bool):
+    def __init__(self, rows: Sequence[tuple], checkpoint_steps: int, keep_checkpoints: bool):
+        import ray.data
         import ray.train
 
         context = ray.train.get_context()
         super().__init__(context.get_world_rank(), context.get_world_size())
-        self.shard = ray.train.get_dataset_shard(f"rank{self.rank}")
+        self.paths = [str(r[0]) for r in rows]
+        self.row_of = [int(r[2]) if len(r) > 2 else i for i, r in enumerate(rows)]
         self.checkpoint_steps, self.keep_checkpoints = checkpoint_steps, keep_checkpoints
+        ray.data.DataContext.get_current().execution_options.preserve_order = True
 
     def device(self):
         import ray.train.torch
 
         return ray.train.torch.get_device()
 
-    def batches(self, steps: Sequence[Step], load, start: int = 0):
-        for row in self.shard.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2):
-            index = int(row["step"][0])
-            if index < start:
-                continue  # already trained before a restart
-            indices = [int(i) for i in row["indices"][0]]
-            if indices != list(steps[index].batches[self.rank]):
-                raise TrainingFailed(f"worker {self.rank}: the data pipeline sent batch {indices} for step "
-                                     f"{index}, the plan has {list(steps[index].batches[self.rank])}")
-            yield indices, [np.asarray(a, dtype=np.float32) for a in row["audio"][0]]
+    def batches(self, plan: StepPlan, load, start: int = 0):
+        import ray.data
+
+        for steps in plan.epochs_from(start):
+            own = [list(step.batches[self.rank]) for step in steps]
+            # paths joined by NUL (which no path holds): a plain string column, which Ray Data
+            # stores as Arrow (a list of strings per row it pickled)
+            items = [{"step": step.index, "paths": "\0".join(self.paths[i] for i in b),
+                      "rows": " ".join(str(self.row_of[i]) for i in b)} for step, b in zip(steps, own)]
+            # Nothing here may wait for a CPU: the training workers hold theirs for the whole
+            # run, and a task waiting for one they hold never starts (measured: a hang).
+            # from_items puts its blocks without a task (from_arrow runs one per table to read
+            # its schema); decoding asks for no CPU, one task at a time, a couple of batches
+            # ahead of the loop.
+            decoded = ray.data.from_items(items).map_batches(
+                _decode, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
+            rows = decoded.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2)
+            for step, row in zip(steps, rows):
+                if int(row["step"][0]) != step.index:
+                    raise TrainingFailed(f"worker {self.rank}: the data pipeline sent step {int(row['step'][0])} "
+                                         f"where the plan has step {step.index}")
+                yield step, [np.asarray(a, dtype=np.float32) for a in row["audio"][0]]
 
     def resume_state(self) -> dict | None:
         import ray.train
@@ -107,7 +125,7 @@ def _decode(batch: dict) -> dict:
     """Ray Data task: each row's batch of files, decoded and resampled to 16 kHz mono."""
     audio = np.empty(len(batch["paths"]), dtype=object)
     for k, (paths, rows) in enumerate(zip(batch["paths"], batch["rows"])):
-        audio[k] = [load_audio(str(p), int(r)) for p, r in zip(paths, rows)]
+        audio[k] = [load_audio(p, int(r)) for p, r in zip(str(paths).split("\0"), str(rows).split())]
     batch["audio"] = audio
     return batch
 
@@ -116,74 +134,48 @@ def _worker_loop(config: dict) -> None:
     """What each Ray Train worker runs: the class's own train() with a RayTeam."""
     from .options import resolve_class
 
-    team = RayTeam(config["checkpoint_steps"], config["max_failures"] > 0)
-    progress = config["progress"]
+    messages = config["messages"]
+    try:
+        team = RayTeam(config["rows"], config["checkpoint_steps"], config["max_failures"] > 0)
 
-    def report(*figures):
-        progress.put(figures)
+        def report(*figures):
+            messages.put(("step", figures))
 
-    train = resolve_class(config["class_name"]).implementation().train
-    with tempfile.TemporaryDirectory(prefix="thanosql-model-") as out_dir:
-        train(config["base"], config["rows"], config["options"], report if team.leader else None, None,
-              out_dir, team=team)
-
-
-def _datasets(ray, plan: Sequence[Step], workers: int, paths: Sequence[str], row_of: Sequence[int]):
-    """One ordered dataset per worker: a row per step, holding that worker's batch."""
-    import pyarrow as pa
-
-    datasets = {}
-    for rank in range(workers):
-        batches = [list(step.batches[rank]) for step in plan]
-        table = pa.table({
-            "step": pa.array(range(len(plan)), pa.int64()),
-            "indices": pa.array(batches, pa.list_(pa.int64())),
-            "paths": pa.array([[paths[i] for i in b] for b in batches], pa.list_(pa.string())),
-            "rows": pa.array([[row_of[i] for i in b] for b in batches], pa.list_(pa.int64())),
-        })
-        # Decoding asks for no CPU of its own: the training workers hold theirs for the whole
-        # run, and a task waiting for a CPU they hold would never start (a hang, measured).
-        # One task at a time per worker, a few batches ahead of its loop.
-        datasets[f"rank{rank}"] = ray.data.from_arrow(table).map_batches(
-            _decode, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
-    return datasets
+        train = resolve_class(config["class_name"]).implementation().train
+        with tempfile.TemporaryDirectory(prefix="thanosql-model-") as out_dir:
+            train(config["base"], config["rows"], config["options"], report if team.leader else None, None,
+                  out_dir, team=team)
+    except MLError as exc:  # ours: the same rows fail the same way after a restart
+        messages.put(("error", exc))
+        raise
 
 
 def train_on_ray(cluster: RayCluster, class_name: str, base: str, rows: Sequence[tuple], options: dict,
                  progress_callback: Callable, out_dir: str, run_id: str) -> dict:
-    """Train on the cluster; the saved model lands in ``out_dir``; returns the summary."""
-    from .options import resolve_class, validate
+    """Train on the cluster; the saved model lands in ``out_dir``; returns the summary.
+
+    ``rows`` are the statement's (path, transcript, row number), already screened."""
+    import json
+
+    from .options import validate
 
     ray = import_ray()
     opts = validate(class_name, "fit", {k: v for k, v in options.items() if k != "base_model"})
-    workers = opts["num_workers"]
-    impl = resolve_class(class_name).implementation()
-    paths = [r[0] for r in rows]
-    row_of = [r[2] if len(r) > 2 else i for i, r in enumerate(rows)]
-    kept, lengths, _ = impl.screen_training_rows(paths, row_of, max_seconds=opts["max_duration"],
-                                                 skip_long=opts["too_long"] == "skip")
-    rows = [tuple(rows[i]) for i in kept]
-    paths, row_of = [paths[i] for i in kept], [row_of[i] for i in kept]
-    seconds = [lengths[i] / SAMPLE_RATE for i in kept]
-    plan = plan_steps(seconds, opts["batch_size"], opts["seed"], opts["epochs"], opts["max_steps"], workers)
-
     ray.init(address=cluster.address, log_to_driver=False, namespace="thanosql", configure_logging=False)
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
 
-    ray.data.DataContext.get_current().execution_options.preserve_order = True
     resources, use_gpu = worker_resources(opts)
-    progress = Queue(maxsize=10_000)
+    messages = Queue(maxsize=10_000)
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"class_name": class_name, "base": base, "rows": rows, "options": opts,
-                           "progress": progress, "checkpoint_steps": opts["checkpoint_steps"],
+        train_loop_config={"class_name": class_name, "base": base, "rows": [tuple(r) for r in rows],
+                           "options": opts, "messages": messages, "checkpoint_steps": opts["checkpoint_steps"],
                            "max_failures": opts["max_failures"]},
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker=resources),
-        datasets=_datasets(ray, plan, workers, paths, row_of),
-        dataset_config=DataConfig(datasets_to_split=[]),  # each worker reads its own dataset whole
-        run_config=RunConfig(name=f"thanosql-{run_id}", storage_path=cluster.storage,
+        scaling_config=ScalingConfig(num_workers=opts["num_workers"], use_gpu=use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=f"{RUN_FOLDER_PREFIX}{run_id}", storage_path=cluster.storage,
                              failure_config=FailureConfig(max_failures=opts["max_failures"]),
                              checkpoint_config=CheckpointConfig(num_to_keep=1)),
     )
@@ -195,14 +187,17 @@ def train_on_ray(cluster: RayCluster, class_name: str, base: str, rows: Sequence
         except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
             outcome["error"] = exc
 
-    run_folder = os.path.join(cluster.storage, f"thanosql-{run_id}")
+    run_folder = os.path.join(cluster.storage, f"{RUN_FOLDER_PREFIX}{run_id}")
     try:
         thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
         thread.start()
-        while thread.is_alive() or not progress.empty():
+        while thread.is_alive() or not messages.empty():
             thread.join(0.2)
-            while not progress.empty():
-                progress_callback(*progress.get())
+            while not messages.empty():
+                kind, payload = messages.get()
+                if kind == "error":
+                    raise payload  # ends this driver, and with it the Ray job: no restarts
+                progress_callback(*payload)
         if "error" in outcome:
             raise carried_error(outcome["error"], "training", TrainingFailed)
         result = outcome["result"]

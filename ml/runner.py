@@ -33,14 +33,18 @@ class Runner:
 
     def check(self, statement: str, options: dict) -> None:
         """Refuse, before anything runs, what this runner cannot do (BadOptions)."""
+        training = statement in ("build", "fit")
+        if not training and options.get("num_workers") is None and (
+                options.get("use_gpu") or options.get("resources_per_worker") is not None):
+            raise BadOptions("use_gpu and resources_per_worker apply to the Ray replicas of a PREDICT / EVALUATE "
+                             "with num_workers (a server started with --ray); without num_workers it runs in the "
+                             "server, on its GPU if it has one")
         if self.cluster is not None:
             return
-        training = statement in ("build", "fit")
         asked = []
-        if training and options.get("num_workers", 1) > 1:
-            asked.append(f"num_workers={options['num_workers']}")
-        if not training and options.get("num_workers") is not None:
-            asked.append(f"num_workers={options['num_workers']}")
+        workers = options.get("num_workers")
+        if workers is not None and (workers > 1 or not training):
+            asked.append(f"num_workers={workers}")
         if options.get("use_gpu"):
             asked.append("use_gpu=True")
         if options.get("resources_per_worker") is not None:
@@ -48,9 +52,9 @@ class Runner:
         if training and options.get("max_failures", 0) > 0:
             asked.append(f"max_failures={options['max_failures']}")
         if asked:
-            raise BadOptions(f"{', '.join(asked)} need a server started with --ray ADDRESS (Ray scale-out; "
-                             f"{SCALE_OUT_DOC}); this server runs every statement on this machine "
-                             "(a GPU here is used without use_gpu)")
+            raise BadOptions(f"{', '.join(asked)} {'needs' if len(asked) == 1 else 'need'} a server started with "
+                             f"--ray ADDRESS (Ray scale-out; {SCALE_OUT_DOC}); this server runs every statement "
+                             "on this machine (on its GPU, when it has one, without use_gpu)")
 
     def run_training(self, registry: ModelRegistry, run: RunInfo, rows, options: dict,
                      cancel: threading.Event | None = None) -> dict:

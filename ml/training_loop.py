@@ -17,9 +17,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .distributed import Step, Team
+from .distributed import StepPlan, Team
 from .errors import TrainingCancelled
 
+#: What every class's train() writes beside the saved model: {"summary": ..., "options": ...}.
+SUMMARY_FILE = "thanosql_training.json"
 #: progress_callback(step, epoch, loss, learning_rate, audio_seconds, elapsed)
 ProgressCallback = Callable[[int, float, float, float, float, float], None]
 
@@ -90,6 +92,8 @@ class LoopResult:
     epoch_losses: list[float] = field(default_factory=list)
     first_loss: float | None = None
     epoch: int = -1
+    elapsed: float = 0.0
+    resumed_at: list[int] = field(default_factory=list)  # the steps restarts continued from
 
     @property
     def final_loss(self) -> float | None:
@@ -97,7 +101,7 @@ class LoopResult:
         return float(np.mean(self.epoch_losses)) if self.epoch_losses else None
 
 
-def train_steps(model, forward: Callable, params: Sequence, optimizer, scheduler, scaler, plan: Sequence[Step],
+def train_steps(model, forward: Callable, params: Sequence, optimizer, scheduler, scaler, plan: StepPlan,
                 load: Callable[[int], np.ndarray], seconds: Sequence[float], max_grad_norm: float,
                 team: Team, progress_callback: ProgressCallback | None = None,
                 should_stop: Callable[[], bool] | None = None, started: float | None = None) -> LoopResult:
@@ -105,9 +109,9 @@ def train_steps(model, forward: Callable, params: Sequence, optimizer, scheduler
     loss, ``load(i)`` decodes utterance ``i``; ``params`` are clipped to ``max_grad_norm``.
 
     ``should_stop`` is polled before every step (TrainingCancelled); ``progress_callback``
-    runs on the leader after every step that trained.
+    runs on the leader after every step that trained.  Audio seconds count each utterance of
+    an epoch once (a batch repeated to fill a short last step is not counted again).
     """
-    import torch
 
     started = time.monotonic() if started is None else started
     net = team.wrap(model)
@@ -119,25 +123,28 @@ def train_steps(model, forward: Callable, params: Sequence, optimizer, scheduler
         scheduler.load_state_dict(state["scheduler"])
         if scaler is not None and state.get("scaler") is not None:
             scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
+        _set_rng_state(state["rng"])
         result = LoopResult(**state["loop"])
+        result.resumed_at.append(result.steps)
+        started = time.monotonic() - result.elapsed  # elapsed_seconds goes on from where it was
 
     def snapshot() -> dict:
         return {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
-                "rng": torch.get_rng_state(), "loop": asdict(result)}
+                "rng": _rng_state(), "loop": asdict(result)}
 
     source = team.batches(plan, load, result.steps)
     try:
-        for index, (batch, arrays) in zip(range(result.steps, len(plan)), source):
+        for step, arrays in source:
             if should_stop is not None and should_stop():
                 raise TrainingCancelled("training cancelled")
-            step = plan[index]
+            batch = list(step.batches[team.rank])
             if step.epoch != result.epoch:
                 result.epoch, result.epoch_losses = step.epoch, []
             lr_now = scheduler.get_last_lr()[0]
             loss = forward(net, batch, arrays)
-            finite, loss_value, audio = team.step_figures(loss, sum(seconds[i] for i in batch))
+            own_audio = sum(seconds[i] for i in batch) if team.rank < step.distinct else 0.0
+            finite, loss_value, audio = team.step_figures(loss, own_audio)
             result.steps += 1
             result.last_finite = finite
             if not finite:
@@ -150,10 +157,35 @@ def train_steps(model, forward: Callable, params: Sequence, optimizer, scheduler
                 result.epoch_losses.append(loss_value)
                 result.audio_seconds += audio
                 result.epochs = step.position
-                if progress_callback is not None and team.leader:
-                    progress_callback(result.steps, round(step.position, 4), loss_value, lr_now,
-                                      result.audio_seconds, time.monotonic() - started)
+            result.elapsed = time.monotonic() - started
+            if finite and progress_callback is not None and team.leader:
+                progress_callback(result.steps, round(step.position, 4), loss_value, lr_now,
+                                  result.audio_seconds, result.elapsed)
             team.keep_state(result.steps, snapshot)
     finally:
         source.close()
     return result
+
+
+def _rng_state() -> dict:
+    """Every random generator training draws from (dropout, SpecAugment's masks, shuffles)."""
+    import random
+
+    import torch
+
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    import random
+
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -30,10 +30,11 @@ import numpy as np
 
 from .audio import SAMPLE_RATE, audio_info, check_duration, load_audio, samples_16k, stream_audio
 from .batching import prefetched
-from .distributed import Team, plan_steps
+from .cpus import usable_cpus
+from .distributed import StepPlan, Team
 from .errors import AudioError, AudioTooLong, BadOptions, Cancelled, MLError, TrainingFailed
 from .text import charset_of, normalize
-from .training_loop import ProgressCallback, adamw_schedule, train_steps
+from .training_loop import SUMMARY_FILE, ProgressCallback, adamw_schedule, train_steps
 from .transcription import check_request, failure_recorder, turn
 
 # libgomp threads spin while they wait at a barrier; when the CPUs are shared (a training
@@ -47,7 +48,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _FORWARD_LOCK = threading.Lock()
 
 CLASS_NAME = "Wav2Vec2En"
-SUMMARY_FILE = "thanosql_training.json"
 
 #: Shortest input a standard wav2vec2 feature encoder turns into one frame (its receptive field).
 MIN_SAMPLES = 400
@@ -131,14 +131,12 @@ def ctc_greedy_decode(ids: Sequence[int], tokenizer) -> str:
 
 
 def _configure_threads() -> None:
-    """Use every CPU this process may run on for intra-op parallelism (never fewer than torch's default)."""
+    """Use the CPUs this process may use (``usable_cpus``: a Ray worker's share, else every
+    CPU it may run on) for intra-op parallelism."""
     import torch
 
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        available = os.cpu_count() or 1
-    if torch.get_num_threads() < available:
+    available = usable_cpus()
+    if torch.get_num_threads() != available:
         torch.set_num_threads(available)
 
 
@@ -561,7 +559,7 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
     if opts["freeze_feature_encoder"]:
         model.freeze_feature_encoder()
 
-    plan = plan_steps(seconds, opts["batch_size"], opts["seed"], opts["epochs"], opts["max_steps"], team.size)
+    plan = StepPlan(seconds, opts["batch_size"], opts["seed"], opts["epochs"], opts["max_steps"], team.size)
     optimizer, scheduler = adamw_schedule(model, opts, len(plan))
 
     def forward(net, batch, arrays):
@@ -598,6 +596,7 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
         "skipped_steps": done.skipped,
         "infeasible_rows": infeasible,
         "workers": team.size,
+        "resumed_at_steps": done.resumed_at,  # where restarts after a failed worker continued
         "base_model": str(base_dir_or_id),
     }
     if team.leader:

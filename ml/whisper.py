@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .audio import SAMPLE_RATE, audio_info, check_duration, load_audio, samples_16k, stream_audio
+from .cpus import usable_cpus
 from .errors import AudioError, BadOptions, Cancelled, CheckpointUnavailable, MLError
 from .transcription import check_request, failure_recorder, turn
 
@@ -273,13 +274,6 @@ def _convert(source: str, target_dir: str, hub: bool) -> dict:
 
 # ----------------------------------------------------------------------------- loading
 
-def _cpus() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def _device_and_type(compute_type: str) -> tuple[str, str]:
     import ctranslate2
 
@@ -381,7 +375,7 @@ class Transcriber:
         self.device, self.compute_type = _device_and_type(compute_type)
         try:
             self.model = ctranslate2.models.Whisper(self.model_dir, device=self.device,
-                                                    compute_type=self.compute_type, intra_threads=_cpus())
+                                                    compute_type=self.compute_type, intra_threads=usable_cpus())
         except (RuntimeError, ValueError) as exc:
             raise BadOptions(f"cannot load the Whisper model in {self.model_dir} with compute_type="
                              f"{self.compute_type!r} on {self.device}: {exc}") from None

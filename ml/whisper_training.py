@@ -33,14 +33,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from .audio import SAMPLE_RATE, load_audio
-from .distributed import Team, plan_steps
+from .distributed import StepPlan, Team
 from .errors import AudioTooLong, BadOptions, CheckpointUnavailable, MLError, TrainingFailed
-from .training_loop import ProgressCallback, adamw_schedule, train_steps
+from .training_loop import SUMMARY_FILE, ProgressCallback, adamw_schedule, train_steps
 
 CLASS_NAME = "Whisper"
 #: The transformers checkpoint inside a version folder (the CTranslate2 files sit beside it).
 TRANSFORMERS_DIR = "transformers"
-SUMMARY_FILE = "thanosql_training.json"
 WINDOW_FRAMES = 3000   # the encoder's 30 s input, always
 MAX_LABEL_TOKENS = 448 - 1  # decoder positions, less <|startoftranscript|>
 MULTILINGUAL_VOCAB = 51865  # English-only Whisper models have 51864 tokens
@@ -277,7 +276,7 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
     if opts["freeze_encoder"]:
         model.freeze_encoder()
 
-    plan = plan_steps(seconds, opts["batch_size"], opts["seed"], opts["epochs"], opts["max_steps"], team.size)
+    plan = StepPlan(seconds, opts["batch_size"], opts["seed"], opts["epochs"], opts["max_steps"], team.size)
     optimizer, scheduler = adamw_schedule(model, opts, len(plan), fused=True)
 
     def load(i: int) -> np.ndarray:
@@ -326,6 +325,7 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
         "mixed_precision": precision,
         "skipped_steps": done.skipped,
         "workers": team.size,
+        "resumed_at_steps": done.resumed_at,  # where restarts after a failed worker continued
         "base_model": str(base),
         "base_format": origin,
         "exported": "ctranslate2 float16",

@@ -80,6 +80,9 @@ def copy_mode(options: dict) -> str:
     if unknown:
         valid = "; ".join(f"{k}: {v}" for k, v in COPY_OPTIONS.items())
         raise InvalidInput(f"unknown COPY option(s) {', '.join(unknown)}; valid options are {valid}")
+    for name, value in options.items():  # every COPY option is text ([lists] and {maps} too are literals)
+        if not isinstance(value, str):
+            raise InvalidInput(f"COPY option {name} must be text ({COPY_OPTIONS[name]}); got {value!r}"[:300])
     value = options.get("if_exists", "fail")
     if value not in IF_EXISTS_MODES:
         raise InvalidInput(f"if_exists must be one of 'fail', 'replace', 'append'; got {value!r}")

@@ -64,7 +64,7 @@ def session_config() -> SessionConfig:
 class Engine:
     def __init__(self, data_dir: str | Path, allowed_roots: Iterable[str | Path] = (),
                  dataset_mirror: str | Path | None = None, statement_timeout: float = 0.0,
-                 cache_memory: int | str = DEFAULT_CACHE_MEMORY, runner=None):
+                 cache_memory: int | str = DEFAULT_CACHE_MEMORY, runner=None, max_trainings: int | None = None):
         limits.use_large_thread_stacks()  # before DataFusion starts its threads
         self.statement_timeout = statement_timeout
         self.data_dir = Path(data_dir).resolve()
@@ -85,7 +85,8 @@ class Engine:
         self._transcribers: dict[str, Any] = {}
         self._transcribers_lock = threading.Lock()
         from planner.jobs import TrainingJobs
-        self.jobs = TrainingJobs()  # the trainings running now: CANCEL MODEL, shutdown
+        # the trainings running now: CANCEL MODEL, --max-trainings, shutdown
+        self.jobs = TrainingJobs() if max_trainings is None else TrainingJobs(max_trainings)
         self._runner = runner  # ml.runner.Runner: this machine (default) or a Ray cluster
 
     def close(self) -> None:

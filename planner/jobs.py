@@ -24,6 +24,9 @@ log = logging.getLogger("thanosql.ml")
 #: kills it (ml/worker.py).
 STOP_WAIT_S = 15.0
 
+#: Trainings at once (waited for or in the background), unless the server says otherwise.
+DEFAULT_MAX_TRAININGS = 4
+
 CANCELLED_BY_STATEMENT = "cancelled by CANCEL MODEL"
 CANCELLED_BY_SHUTDOWN = "cancelled: the server shut down during training"
 
@@ -49,7 +52,8 @@ class Training:
 class TrainingJobs:
     """The engine's running trainings (thread-safe)."""
 
-    def __init__(self):
+    def __init__(self, max_trainings: int = DEFAULT_MAX_TRAININGS):
+        self.max_trainings = max_trainings
         self._lock = threading.Lock()
         self._running: list[Training] = []
         self._closed = False
@@ -98,6 +102,16 @@ class TrainingJobs:
         except BaseException:
             self.finished(training)
             raise
+
+    def check_room(self) -> None:
+        """ResourceExhausted when max_trainings runs train already: a connection can start
+        background runs one after another, each a process with a model in memory."""
+        with self._lock:
+            training = sum(1 for t in self._running if t.run_id)
+        if training >= self.max_trainings:
+            from planner.errors import ResourceExhausted
+            raise ResourceExhausted(f"{training} trainings are running, the most this server runs at once "
+                                    "(--max-trainings); wait for one to end, or CANCEL MODEL one")
 
     def running(self, name: str) -> list[Training]:
         with self._lock:

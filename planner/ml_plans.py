@@ -66,6 +66,8 @@ def ml_errors():
         raise InvalidInput(str(exc)) from None
     except ml.Cancelled as exc:
         raise Cancelled(str(exc)) from None
+    except ml.NoCapacity as exc:
+        raise ResourceExhausted(str(exc)) from None
     except ml.MLError as exc:
         raise Internal(str(exc)) from None
     except MemoryError:
@@ -263,6 +265,15 @@ class TrainNode(Plan):
             return self._run(engine, params, cancel)
 
     def _run(self, engine, params, cancel: CancelToken):
+        # Reading and checking the rows can take a while before the run exists: CANCEL MODEL
+        # finds the statement meanwhile (its run id is empty) and stops it through its token.
+        preparing = engine.jobs.add(self.statement.name, 0, "", cancel)
+        try:
+            return self._read_and_train(engine, params, cancel, preparing)
+        finally:
+            engine.jobs.finished(preparing)
+
+    def _read_and_train(self, engine, params, cancel: CancelToken, preparing):
         from ml import options as ml_options
         audio_col, text_col = self.options["audio_col"], self.options["text_col"]
         data = _collect_columns(engine, self.df.dataframe(engine, params), [audio_col, text_col], cancel)
@@ -285,6 +296,7 @@ class TrainNode(Plan):
             raise InvalidInput(f"all {len(paths)} rows are longer than max_duration="
                                     f"{self.options['max_duration']:g} s: nothing to train on")
         cancel.check()
+        engine.jobs.check_room()
         fit_from = self.statement.source_model if isinstance(self.statement, st.FitModel) else None
         run = engine.registry.create_run(self.statement.name, self.class_name, self.options,
                                          self.base_model, self.statement.query, fit_from=fit_from,
@@ -292,6 +304,7 @@ class TrainNode(Plan):
         rows = [(paths[i], texts[i], i) for i in kept]  # the query's row numbers travel along
         if self.options.get("wait", True):
             training = engine.jobs.add(run.name, run.version, run.run_id, cancel)  # CANCEL MODEL finds it
+            engine.jobs.finished(preparing)  # the run stands for the statement now
             try:
                 summary = self._train(engine, run, rows, training)
             finally:
@@ -308,6 +321,7 @@ class TrainNode(Plan):
             # the server's shutdown; its outcome goes to the registry (thanosql.models).
             trainer = dataclasses.replace(self, df=None)  # not the inner query's plan (nor a cached table)
             training = engine.jobs.add(run.name, run.version, run.run_id, CancelToken(), background=True)
+            engine.jobs.finished(preparing)
             try:
                 engine.jobs.start_background(training, lambda: trainer._train(engine, run, rows, training))
             except BaseException as exc:
@@ -602,6 +616,8 @@ class CancelModelPlan(Plan):
                 if not training.done.wait(jobs.STOP_WAIT_S):
                     log.warning("CANCEL MODEL %s: version %s has not stopped yet", name, training.version)
                     cancelled += 1  # asked to stop: it is marked cancelled when it does
+                elif not training.run_id:
+                    cancelled += int(training.reason != "")  # stopped while reading its rows: no run
                 elif engine.registry.get_run(training.run_id)["status"] == "cancelled":
                     cancelled += 1  # (0 for a run that finished before the cancel reached it)
         return cancelled

@@ -72,3 +72,18 @@ class ServerProcess:
 
     def server_log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+def training_worker_pids(server: ServerProcess) -> list[int]:
+    """The server's training worker processes: spawned children (not multiprocessing's
+    resource tracker)."""
+    import psutil
+
+    pids = []
+    for child in psutil.Process(server.proc.pid).children(recursive=True):
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                pids.append(child.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return pids

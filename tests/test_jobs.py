@@ -18,7 +18,7 @@ import pytest
 
 from ml.checkpoints import make_random_checkpoint
 from ml_fixtures import execute, shortest
-from server_process import SHARED_DATA, ServerProcess
+from server_process import SHARED_DATA, ServerProcess, training_worker_pids
 
 #: A guard against hangs only: every wait below ends as soon as its condition holds.
 HANG_S = 180
@@ -87,18 +87,6 @@ def _until(condition, what):
         time.sleep(0.2)
 
 
-def _worker_pids(server):
-    """Training workers: spawned children (not multiprocessing's resource tracker)."""
-    pids = []
-    for child in psutil.Process(server.proc.pid).children(recursive=True):
-        try:
-            if "spawn_main" in " ".join(child.cmdline()):
-                pids.append(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
-
-
 def _step(url, name):
     rows = execute(url, f"SELECT max(step) AS s FROM thanosql.training_info WHERE model = '{name}' "
                         "AND status = 'training'")
@@ -112,8 +100,8 @@ def _run_id(url, name):
 
 def _training_now(server, name):
     """Until the worker of `name` took an optimizer step: (its worker pids, the run id)."""
-    _until(lambda: _worker_pids(server) and _step(server.url, name) >= 1, f"{name} to train")
-    return _worker_pids(server), _run_id(server.url, name)
+    _until(lambda: training_worker_pids(server) and _step(server.url, name) >= 1, f"{name} to train")
+    return training_worker_pids(server), _run_id(server.url, name)
 
 
 def _gone(pids):
@@ -236,13 +224,14 @@ def test_failing_background_run_records_its_error(server, checkpoints):
 
 
 def test_server_shutdown_cancels_background_training(tmp_path, checkpoints):
-    """In process: FlightSqlServer.shutdown() stops the engine's trainings first."""
+    """In process: FlightSqlServer.shutdown() stops the engine's trainings first; a server
+    at its --max-trainings refuses one more."""
     from flight_server.server import FlightSqlServer
     from ml.registry import ModelRegistry
     from planner.engine import Engine
 
     root, good, _ = checkpoints
-    engine = Engine(tmp_path / "data", allowed_roots=[SHARED_DATA, root])
+    engine = Engine(tmp_path / "data", allowed_roots=[SHARED_DATA, root], max_trainings=1)
     flight_server = FlightSqlServer(engine, "grpc://127.0.0.1:0")
     url = f"grpc://127.0.0.1:{flight_server.port}"
     try:
@@ -255,6 +244,12 @@ def test_server_shutdown_cancels_background_training(tmp_path, checkpoints):
         run = _until(lambda: [r for r in registry.models_table().to_pylist() if r["name"] == "bye"], "the run")
         assert run[0]["status"] == "training"
         pid = _until(lambda: engine.registry.latest_run("bye") and _worker_pid(engine, "bye"), "the worker")
+        # --max-trainings 1: a second training is refused before it registers a run
+        status, message = failure(url, f"BUILD MODEL two_at_once USING Wav2Vec2En OPTIONS (base_model='{good}', "
+                                       "wait=False) AS SELECT * FROM two")
+        # RESOURCE_EXHAUSTED, which pyarrow sends as UNAVAILABLE (README: errors)
+        assert status == "UNAVAILABLE" and "--max-trainings" in message, (status, message)
+        assert not [r for r in registry.models_table().to_pylist() if r["name"] == "two_at_once"]
     finally:
         flight_server.shutdown()
     rows = [r for r in registry.models_table().to_pylist() if r["name"] == "bye"]

@@ -111,7 +111,7 @@ def test_scale_out_options_are_checked_and_refused_without_ray():
 
     opts = validate("Wav2Vec2En", "build", {"num_workers": 2, "resources_per_worker": {"CPU": 2, "GPU": 1}})
     assert opts["num_workers"] == 2 and opts["resources_per_worker"] == {"CPU": 2.0, "GPU": 1.0}
-    assert opts["max_failures"] == 0 and opts["checkpoint_steps"] == 50 and opts["use_gpu"] is False
+    assert opts["max_failures"] == 0 and opts["checkpoint_steps"] == 500 and opts["use_gpu"] is False
     for bad, says in [({"resources_per_worker": {"CPU": -1}}, "from 0 to"), ({"resources_per_worker": 2}, "{'name'"),
                       ({"resources_per_worker": {"CPU": 2.5}}, "whole"), ({"num_workers": 0}, ">= 1"),
                       ({"max_failures": -1}, ">= 0")]:
@@ -121,7 +121,12 @@ def test_scale_out_options_are_checked_and_refused_without_ray():
     local.check("build", validate("Wav2Vec2En", "build", {"num_workers": 1}))  # one worker: this machine
     local.check("predict", validate("Whisper", "predict", {}))
     for statement, given in [("build", {"num_workers": 2}), ("fit", {"max_failures": 1}),
-                             ("predict", {"num_workers": 1}), ("evaluate", {"use_gpu": True}),
+                             ("predict", {"num_workers": 1}), ("evaluate", {"num_workers": 2, "use_gpu": True}),
                              ("build", {"resources_per_worker": {"CPU": 1}})]:
-        with pytest.raises(BadOptions, match="need a server started with --ray ADDRESS"):
+        with pytest.raises(BadOptions, match="needs? a server started with --ray ADDRESS"):
             local.check(statement, validate("Wav2Vec2En", statement, given))
+    for runner in (local, Runner(cluster=object())):  # replica options without replicas, with Ray or not
+        with pytest.raises(BadOptions, match="apply to the Ray replicas"):
+            runner.check("evaluate", validate("Wav2Vec2En", "evaluate", {"use_gpu": True}))
+    assert validate("Wav2Vec2En", "build", {"resources_per_worker": {"memory": 4e9}})["resources_per_worker"] == \
+        {"memory": 4e9}  # Ray counts memory in bytes

@@ -16,6 +16,7 @@ import pytest
 
 from ml.checkpoints import make_random_checkpoint
 from ml_fixtures import execute
+from server_process import training_worker_pids
 
 TUTORIAL_OPTIONS = "audio_col='audio', text_col='text', epochs=1, batch_size=8"
 
@@ -137,18 +138,6 @@ def test_prepared_ml_statements_and_bad_input(start_server, librispeech, checkpo
         assert cur.fetch_arrow_table().num_rows == 1
 
 
-def _worker_pids(server):
-    """Training workers: spawned children (not multiprocessing's resource tracker)."""
-    pids = []
-    for child in psutil.Process(server.proc.pid).children(recursive=True):
-        try:
-            if "spawn_main" in " ".join(child.cmdline()):
-                pids.append(child.pid)
-        except psutil.NoSuchProcess:
-            pass
-    return pids
-
-
 def _training_step(url, name):
     rows = execute(url, f"SELECT max(step) AS s FROM thanosql.training_info WHERE model = '{name}'")
     return rows.column("s").to_pylist()[0] or 0
@@ -158,7 +147,7 @@ def _wait_for_training(url, name, server, timeout=180):
     """Until the worker process of `name` has taken its first optimizer step."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if _worker_pids(server) and _training_step(url, name) >= 1:
+        if training_worker_pids(server) and _training_step(url, name) >= 1:
             return
         time.sleep(0.5)
     raise AssertionError(f"training of {name} did not start: {server.server_log()[-2000:]}")
@@ -189,7 +178,7 @@ def test_concurrent_query_cancel_and_killed_worker(start_server, librispeech, ch
     statement.join(60)
     assert outcome and outcome[0] and "cancel" in outcome[0].lower(), outcome
     assert _wait_status(url, "busy") == "cancelled"
-    assert not _worker_pids(server)
+    assert not training_worker_pids(server)
     assert execute(url, "LIST MODEL").num_rows == 0
     cur.close()
     conn.close()
@@ -199,7 +188,7 @@ def test_concurrent_query_cancel_and_killed_worker(start_server, librispeech, ch
     thread = threading.Thread(target=lambda: errors.append(_error_of(execute, url, build.format(name="doomed"))))
     thread.start()
     _wait_for_training(url, "doomed", server)
-    for pid in _worker_pids(server):
+    for pid in training_worker_pids(server):
         psutil.Process(pid).kill()
     thread.join(120)
     assert errors and errors[0] and "doomed" in errors[0], errors
@@ -225,7 +214,7 @@ def test_killed_server_marks_training_failed(start_server, librispeech, checkpoi
                      f"BUILD MODEL doomed USING Wav2Vec2En OPTIONS (base_model='{checkpoint}', epochs=20) "
                      "AS SELECT * FROM librispeech_train"), daemon=True).start()
     _wait_for_training(server.url, "doomed", server)
-    workers = _worker_pids(server)
+    workers = training_worker_pids(server)
     server.stop(kill=True)
     for pid in workers:  # the worker notices its parent is gone and exits
         psutil.wait_procs([psutil.Process(pid)], timeout=30) if psutil.pid_exists(pid) else None

@@ -8,6 +8,7 @@ on Ray Data actors are checked against local inference.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -144,15 +145,24 @@ def test_cancel_model_stops_the_ray_job(server, checkpoint):
 @pytest.mark.parametrize("max_failures", [0, 1])
 def test_a_killed_ray_worker_fails_the_run_or_restarts_it(server, checkpoint, max_failures):
     url, name = server.url, f"killed{max_failures}"
-    execute(url, f"BUILD MODEL {name} USING Wav2Vec2En OPTIONS ({TRAIN}, epochs=4, num_workers=1, wait=False, "
+    execute(url, f"BUILD MODEL {name} USING Wav2Vec2En OPTIONS ({TRAIN}, epochs=10, num_workers=1, wait=False, "
                  f"max_failures={max_failures}, checkpoint_steps=2, base_model='{checkpoint}') "
                  "AS SELECT * FROM six")
     _until(lambda: _steps(url, name) >= 3, "three steps on Ray")  # past the checkpoint of step 2
-    for proc in _ray_processes(server, "RayTrainWorker"):
+    # Ray Train's controller takes a reported checkpoint in when it next polls the workers
+    # (about every second): a worker killed before that restarts from the one before.
+    time.sleep(3)
+    workers = _ray_processes(server, "RayTrainWorker")
+    assert workers and _status(url, name)["status"] == "training"
+    for proc in workers:
         proc.kill()
     final = _until(lambda: (s := _status(url, name))["status"] != "training" and s, "the run to end")
     if max_failures == 0:
         assert final["status"] == "failed" and "Ray" in final["error"], final
     else:
         assert final["status"] == "ready", final
-        assert _steps(url, name) == 12  # the restarted run finished the plan from its checkpoint
+        assert _steps(url, name) == 30  # the restarted run finished the plan
+        metrics = json.loads(execute(url, f"SELECT metrics FROM thanosql.models WHERE name = '{name}'")
+                             .column("metrics")[0].as_py())
+        resumed = metrics["resumed_at_steps"]  # from a checkpoint (every 2 steps), not from the start
+        assert len(resumed) == 1 and resumed[0] >= 2 and resumed[0] % 2 == 0, metrics

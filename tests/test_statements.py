@@ -83,3 +83,12 @@ def test_errors_name_the_problem(sql, error, words):
         st.parse(sql)
     for word in words:
         assert word in str(info.value)
+
+
+@pytest.mark.parametrize("value", [{"a": 1}, ["fail"], 3, None])
+def test_copy_options_are_text(value):
+    from planner.copy import copy_mode
+    from planner.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="must be text"):
+        copy_mode({"if_exists": value})
