@@ -5,8 +5,8 @@ This runs in the run's worker process (``ml/worker.py``), which becomes a Ray dr
 
 - each worker calls the class's ``train`` with a ``RayTeam``: DDP over the process group Ray
   Train set up; its own batches of the run's step plan (the one the local loop follows, from
-  the same seed) as a Ray Dataset per epoch, in step order, whose Ray Data tasks decode and
-  resample the audio; and, with ``max_failures`` > 0, a checkpoint every
+  the same seed) as Ray Datasets of whole epochs (at least WINDOW_STEPS steps each), in step
+  order, whose Ray Data tasks decode and resample the audio; and, with ``max_failures`` > 0, a checkpoint every
   ``checkpoint_steps`` steps that a restarted run continues from (its datasets start at the
   step it continues from: nothing trained before is decoded again);
 - rank 0 sends every step's figures through a Ray queue, which the driver writes to the
@@ -27,12 +27,12 @@ import os
 import shutil
 import tempfile
 import threading
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
 from .audio import load_audio
-from .distributed import StepPlan, Team
+from .distributed import Step, StepPlan, Team
 from .errors import MLError, TrainingFailed
 from .ray_cluster import RayCluster, carried_error, import_ray, worker_resources
 from .training_loop import SUMMARY_FILE
@@ -40,6 +40,8 @@ from .training_loop import SUMMARY_FILE
 log = logging.getLogger("thanosql.ml")
 
 STATE_FILE = "training_state.pt"
+#: Steps a worker's data pipeline covers at least (whole epochs; see _windows).
+WINDOW_STEPS = 1024
 #: Folder of a run's Ray Train checkpoints under the storage path.
 RUN_FOLDER_PREFIX = "thanosql-"
 
@@ -64,27 +66,29 @@ class RayTeam(Team):
         return ray.train.torch.get_device()
 
     def batches(self, plan: StepPlan, load, start: int = 0):
+        for steps in _windows(plan.epochs_from(start), WINDOW_STEPS):
+            yield from self._pipeline(steps)
+
+    def _pipeline(self, steps: list[Step]):
+        """This worker's batches of ``steps``, decoded by a Ray Data pipeline, in order."""
         import ray.data
 
-        for steps in plan.epochs_from(start):
-            own = [list(step.batches[self.rank]) for step in steps]
-            # paths joined by NUL (which no path holds): a plain string column, which Ray Data
-            # stores as Arrow (a list of strings per row it pickled)
-            items = [{"step": step.index, "paths": "\0".join(self.paths[i] for i in b),
-                      "rows": " ".join(str(self.row_of[i]) for i in b)} for step, b in zip(steps, own)]
-            # Nothing here may wait for a CPU: the training workers hold theirs for the whole
-            # run, and a task waiting for one they hold never starts (measured: a hang).
-            # from_items puts its blocks without a task (from_arrow runs one per table to read
-            # its schema); decoding asks for no CPU, one task at a time, a couple of batches
-            # ahead of the loop.
-            decoded = ray.data.from_items(items).map_batches(
-                _decode, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
-            rows = decoded.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2)
-            for step, row in zip(steps, rows):
-                if int(row["step"][0]) != step.index:
-                    raise TrainingFailed(f"worker {self.rank}: the data pipeline sent step {int(row['step'][0])} "
-                                         f"where the plan has step {step.index}")
-                yield step, [np.asarray(a, dtype=np.float32) for a in row["audio"][0]]
+        # paths joined by NUL (which no path holds): a plain string column, which Ray Data
+        # stores as Arrow (a list of strings per row it pickled)
+        items = [{"step": step.index, "paths": "\0".join(self.paths[i] for i in step.batches[self.rank]),
+                  "rows": " ".join(str(self.row_of[i]) for i in step.batches[self.rank])} for step in steps]
+        # Nothing here may wait for a CPU: the training workers hold theirs for the whole run,
+        # and a task waiting for one they hold never starts (measured: a hang). from_items
+        # puts its blocks without a task (from_arrow runs one per table to read its schema);
+        # decoding asks for no CPU, one task at a time, a couple of batches ahead of the loop.
+        decoded = ray.data.from_items(items).map_batches(
+            _decode, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
+        rows = decoded.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2)
+        for step, row in zip(steps, rows):
+            if int(row["step"][0]) != step.index:
+                raise TrainingFailed(f"worker {self.rank}: the data pipeline sent step {int(row['step'][0])} "
+                                     f"where the plan has step {step.index}")
+            yield step, [np.asarray(a, dtype=np.float32) for a in row["audio"][0]]
 
     def resume_state(self) -> dict | None:
         import ray.train
@@ -119,6 +123,20 @@ class RayTeam(Team):
 
         checkpoint = ray.train.Checkpoint.from_directory(out_dir) if self.leader else None
         ray.train.report({"done": 1}, checkpoint=checkpoint)
+
+
+def _windows(epochs: Iterator[list[Step]], size: int) -> Iterator[list[Step]]:
+    """Whole epochs gathered until a window holds ``size`` steps (or the run ends): one
+    pipeline per window, so short epochs do not each pay a pipeline's start (about a second)
+    and long ones are not held more than one at a time."""
+    window: list[Step] = []
+    for steps in epochs:
+        window += steps
+        if len(window) >= size:
+            yield window
+            window = []
+    if window:
+        yield window
 
 
 def _decode(batch: dict) -> dict:
