@@ -532,7 +532,13 @@ def train(base_dir_or_id: str, rows: Sequence[tuple[str, str]], options: dict,
 
     _seed_everything(opts["seed"])
     _configure_threads()
-    model, processor = load_base(base_dir_or_id, ctc_loss_reduction="mean", ctc_zero_infinity=True)
+    try:
+        model, processor = load_base(base_dir_or_id, ctc_loss_reduction="mean", ctc_zero_infinity=True)
+    except MLError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign checkpoint: the same every time
+        raise BadOptions(f"cannot load the base checkpoint {base_dir_or_id!r}: "
+                         f"{str(exc).strip() or type(exc).__name__}"[:500]) from None
     needed = receptive_field(model.config)
     for j, n in lengths.items():
         if n < needed:

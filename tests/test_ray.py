@@ -9,6 +9,7 @@ on Ray Data actors are checked against local inference.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -140,6 +141,25 @@ def test_cancel_model_stops_the_ray_job(server, checkpoint):
     assert _status(url, "slow")["status"] == "cancelled"
     _until(lambda: not _ray_processes(server, "RayTrainWorker"), "the Ray training worker to stop")
     print(f"CANCEL MODEL to the Ray worker gone: {time.monotonic() - asked:.1f} s")
+
+
+def test_an_error_of_ours_in_a_ray_worker_ends_the_run_with_its_message(server, checkpoint, tmp_path):
+    """A corrupt base checkpoint fails in the Ray worker: the run ends at once with the error
+    local training gives (no Ray wrapping, no exception names), not after max_failures retries."""
+    corrupt = checkpoint.parent / "corrupt"
+    if not corrupt.exists():
+        shutil.copytree(checkpoint, corrupt)
+        for path in corrupt.iterdir():
+            if path.suffix in (".safetensors", ".bin"):
+                path.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00not a header")
+    url = server.url
+    status = execute(url, f"BUILD MODEL corrupt USING Wav2Vec2En OPTIONS ({TRAIN}, epochs=1, max_failures=3, "
+                          f"wait=False, base_model='{corrupt}') AS SELECT * FROM six")
+    assert status.to_pylist()[0]["status"] == "training"
+    final = _until(lambda: (s := _status(url, "corrupt"))["status"] != "training" and s, "the run to end")
+    assert final["status"] == "failed", final
+    assert final["error"].startswith("cannot load the base checkpoint"), final
+    assert "Ray" not in final["error"] and "Error:" not in final["error"] and "Traceback" not in final["error"]
 
 
 @pytest.mark.parametrize("max_failures", [0, 1])
