@@ -66,6 +66,7 @@ def connect(address: str, data_dir: str | Path, storage: str | None = None,
     own_storage = storage is None
     storage = storage or str(Path(data_dir).resolve() / "ray_results")
     if "://" not in storage:
+        storage = str(Path(storage).resolve())  # Ray Train wants an absolute path or a URI
         Path(storage).mkdir(parents=True, exist_ok=True)
     if own_storage:
         _forget_old_runs(Path(storage))
