@@ -109,6 +109,15 @@ def disconnect(cluster: RayCluster | None) -> None:
         ray.shutdown()
 
 
+def dataset_of(items: list[dict], blocks: int | None = None):
+    """A Ray Dataset of ``items`` (one dict per row), made by putting its blocks into the object
+    store from this process. ``ray.data.from_arrow`` reads each table's schema in a task that
+    asks for a CPU: while training workers hold every CPU, that task never starts and the
+    statement hangs (measured). ``blocks``: how many blocks to cut the rows into."""
+    ray = import_ray()
+    return ray.data.from_items(items, override_num_blocks=blocks)
+
+
 def worker_resources(options: dict) -> tuple[dict[str, float], bool]:
     """(resources of each worker, whether it takes a GPU) from num_workers' companions:
     ``resources_per_worker`` as given, else 1 CPU, plus 1 GPU with ``use_gpu``."""

@@ -12,12 +12,13 @@ machine, or storage every node mounts: docs/scale-out.md).
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 
 from .errors import Cancelled, MLError, NoCapacity
-from .ray_cluster import RayCluster, carried_error, import_ray, worker_resources
+from .ray_cluster import RayCluster, carried_error, dataset_of, import_ray, worker_resources
 
 
 #: How long a statement waits for its replicas to start (placed, model loaded) before it fails
@@ -89,19 +90,18 @@ class RayTranscriber:
         context = ray.data.DataContext.get_current()
         context.execution_options.preserve_order = True
         context.wait_for_min_actors_s = REPLICA_START_WAIT_S
-        resources, use_gpu = worker_resources(options)
+        resources, _ = worker_resources(options)
         wanted = _shown(resources)
         custom = {k: v for k, v in resources.items() if k not in ("CPU", "GPU")}
-        table = pa.table({"row": pa.array(rows, pa.int64()), "path": pa.array(paths, pa.string()),
-                          "error": pa.array(errors, pa.string())})
         # a block per batch: Ray Data hands blocks to whichever replica is free
-        dataset = ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)])
+        dataset = dataset_of([{"row": r, "path": p, "error": e} for r, p, e in zip(rows, paths, errors)],
+                             blocks=math.ceil(len(rows) / batch_size))
         transcribed = dataset.map_batches(
             _Replica, batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=options["num_workers"]),
             batch_format="pyarrow",
             fn_constructor_kwargs={"class_name": self.class_name, "model_dir": self.model_dir,
                                    "options": options, "keep_going": keep_going},
-            num_cpus=resources.get("CPU", 1.0), num_gpus=resources.get("GPU", 1.0 if use_gpu else 0.0),
+            num_cpus=resources.get("CPU", 1.0), num_gpus=resources.get("GPU", 0.0),
             resources=custom or None)
         texts: list = []
         done_errors: list = []

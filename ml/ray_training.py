@@ -34,7 +34,7 @@ import numpy as np
 from .audio import load_audio
 from .distributed import Step, StepPlan, Team
 from .errors import MLError, TrainingFailed
-from .ray_cluster import RayCluster, carried_error, import_ray, worker_resources
+from .ray_cluster import RayCluster, carried_error, dataset_of, import_ray, worker_resources
 from .training_loop import SUMMARY_FILE
 
 log = logging.getLogger("thanosql.ml")
@@ -65,11 +65,12 @@ class RayTeam(Team):
 
         return ray.train.torch.get_device()
 
-    def batches(self, plan: StepPlan, load, start: int = 0):
+    def batches(self, plan: StepPlan, load, start: int = 0, prepare=None):
+        # Ray Data tasks decode (load_audio, as the classes' ``load`` does); ``prepare`` runs here
         for steps in _windows(plan.epochs_from(start), WINDOW_STEPS):
-            yield from self._pipeline(steps)
+            yield from self._pipeline(steps, prepare)
 
-    def _pipeline(self, steps: list[Step]):
+    def _pipeline(self, steps: list[Step], prepare):
         """This worker's batches of ``steps``, decoded by a Ray Data pipeline, in order."""
         import ray.data
 
@@ -78,17 +79,17 @@ class RayTeam(Team):
         items = [{"step": step.index, "paths": "\0".join(self.paths[i] for i in step.batches[self.rank]),
                   "rows": " ".join(str(self.row_of[i]) for i in step.batches[self.rank])} for step in steps]
         # Nothing here may wait for a CPU: the training workers hold theirs for the whole run,
-        # and a task waiting for one they hold never starts (measured: a hang). from_items
-        # puts its blocks without a task (from_arrow runs one per table to read its schema);
-        # decoding asks for no CPU, one task at a time, a couple of batches ahead of the loop.
-        decoded = ray.data.from_items(items).map_batches(
+        # and a task waiting for one they hold never starts (dataset_of). Decoding asks for no
+        # CPU, one task at a time, a couple of batches ahead of the loop.
+        decoded = dataset_of(items).map_batches(
             _decode, batch_size=1, num_cpus=0, compute=ray.data.TaskPoolStrategy(size=1))
         rows = decoded.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=2)
         for step, row in zip(steps, rows):
             if int(row["step"][0]) != step.index:
                 raise TrainingFailed(f"worker {self.rank}: the data pipeline sent step {int(row['step'][0])} "
                                      f"where the plan has step {step.index}")
-            yield step, [np.asarray(a, dtype=np.float32) for a in row["audio"][0]]
+            audio = [np.asarray(a, dtype=np.float32) for a in row["audio"][0]]
+            yield step, audio if prepare is None else [prepare(a) for a in audio]
 
     def resume_state(self) -> dict | None:
         import ray.train
