@@ -102,10 +102,12 @@ class Team:
         """The torch device this worker trains on; None: the model class picks (CUDA if any)."""
         return None
 
-    def batches(self, plan: StepPlan, load: Callable[[int], np.ndarray],
-                start: int = 0) -> Iterator[tuple[Step, list[np.ndarray]]]:
-        """(step, decoded arrays of this worker's batch) of every step from ``start``,
-        decoded by ``load`` in a thread ahead of the loop."""
+    def batches(self, plan: StepPlan, load: Callable[[int], np.ndarray], start: int = 0,
+                prepare: Callable[[np.ndarray], np.ndarray] | None = None
+                ) -> Iterator[tuple[Step, list[np.ndarray]]]:
+        """(step, model inputs of this worker's batch) of every step from ``start``: each
+        utterance decoded by ``load`` and turned into the model's input by ``prepare`` (if
+        any), in a thread ahead of the loop."""
         pending: deque[Step] = deque()
 
         def own_batches():
@@ -113,7 +115,7 @@ class Team:
                 pending.append(step)
                 yield list(step.batches[self.rank])
 
-        decoded = prefetched(own_batches(), load)
+        decoded = prefetched(own_batches(), load if prepare is None else (lambda i: prepare(load(i))))
         try:
             for _, arrays in decoded:
                 yield pending.popleft(), arrays

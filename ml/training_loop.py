@@ -104,9 +104,12 @@ class LoopResult:
 def train_steps(model, forward: Callable, params: Sequence, optimizer, scheduler, scaler, plan: StepPlan,
                 load: Callable[[int], np.ndarray], seconds: Sequence[float], max_grad_norm: float,
                 team: Team, progress_callback: ProgressCallback | None = None,
-                should_stop: Callable[[], bool] | None = None, started: float | None = None) -> LoopResult:
+                should_stop: Callable[[], bool] | None = None, started: float | None = None,
+                prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> LoopResult:
     """Train ``model`` through ``plan``: ``forward(module, batch, arrays)`` returns a batch's
-    loss, ``load(i)`` decodes utterance ``i``; ``params`` are clipped to ``max_grad_norm``.
+    loss, ``load(i)`` decodes utterance ``i``, ``prepare`` (if any) turns decoded audio into
+    the model's input (the team applies it wherever it decodes); ``params`` are clipped to
+    ``max_grad_norm``.
 
     ``should_stop`` is polled before every step (TrainingCancelled); ``progress_callback``
     runs on the leader after every step that trained.  Audio seconds count each utterance of
@@ -133,7 +136,7 @@ def train_steps(model, forward: Callable, params: Sequence, optimizer, scheduler
                 "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler is not None else None,
                 "rng": _rng_state(), "loop": asdict(result)}
 
-    source = team.batches(plan, load, result.steps)
+    source = team.batches(plan, load, result.steps, prepare)
     try:
         for step, arrays in source:
             if should_stop is not None and should_stop():

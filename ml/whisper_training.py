@@ -279,20 +279,15 @@ def train(base: str, rows: Sequence[tuple], options: dict, progress_callback: Pr
     plan = StepPlan(seconds, opts["batch_size"], opts["seed"], opts["epochs"], opts["max_steps"], team.size)
     optimizer, scheduler = adamw_schedule(model, opts, len(plan), fused=True)
 
-    def load(i: int) -> np.ndarray:
-        return features(load_audio(paths[i], row_of[i]))
-
-    def forward(net, batch, arrays):
-        # features arrive computed (local loading) or as decoded audio (a team's data pipeline)
-        feats = [a if a.ndim == 2 else features(a) for a in arrays]
+    def forward(net, batch, feats):
         inputs = torch.from_numpy(np.stack(feats)).to(device)
         label_t = _collate_labels([labels[i] for i in batch]).to(device)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             return net(input_features=inputs, labels=label_t).loss
 
     done = train_steps(model, forward, [p for p in model.parameters() if p.requires_grad], optimizer, scheduler,
-                       scaler, plan, load, seconds, opts["max_grad_norm"], team, progress_callback, should_stop,
-                       started)
+                       scaler, plan, lambda i: load_audio(paths[i], row_of[i]), seconds, opts["max_grad_norm"], team,
+                       progress_callback, should_stop, started, prepare=features)
     shared._check_finite(model, done.steps, done.skipped, done.last_finite, opts)
     trained_at = time.monotonic()
 
