@@ -51,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-memory", metavar="SIZE", default=env("THANOSQL_CACHE_MEMORY", "25%"),
                    help="memory for serving hot tables as Arrow (e.g. 4GiB, 512MB, 25%% of RAM; "
                         "0 reads every query from Parquet); default %(default)s")
-    p.add_argument("--max-trainings", type=int, metavar="N", default=int(env("THANOSQL_MAX_TRAININGS", "4")),
+    from planner.jobs import DEFAULT_MAX_TRAININGS  # stdlib only: the parser stays light
+
+    p.add_argument("--max-trainings", type=int, metavar="N",
+                   default=int(env("THANOSQL_MAX_TRAININGS", str(DEFAULT_MAX_TRAININGS))),
                    help="BUILD / FIT trainings at once, waited for or in the background (wait=False); one more "
                         "is refused with RESOURCE_EXHAUSTED; default %(default)s")
     p.add_argument("--ray", metavar="ADDRESS", default=env("THANOSQL_RAY_ADDRESS"),

@@ -31,6 +31,7 @@ from planner.sql_plans import (
     DML_ONLY, LIST_TABLES_SCHEMA, READ_ONLY, CopyFromPlan, CopyToPlan, CreateExternalPlan, CreateTablePlan,
     CreateViewPlan, DropPlan, SqlDml, SqlQuery, StaticRows, list_tables, update_plan,
 )
+from planner.jobs import DEFAULT_MAX_TRAININGS, TrainingJobs
 from planner.storage import ROW_GROUP_ROWS, TableStore, disk_full_is_exhausted, scanned_names, utf8_schema
 from planner.table_cache import TableCache, parse_memory
 
@@ -64,7 +65,8 @@ def session_config() -> SessionConfig:
 class Engine:
     def __init__(self, data_dir: str | Path, allowed_roots: Iterable[str | Path] = (),
                  dataset_mirror: str | Path | None = None, statement_timeout: float = 0.0,
-                 cache_memory: int | str = DEFAULT_CACHE_MEMORY, runner=None, max_trainings: int | None = None):
+                 cache_memory: int | str = DEFAULT_CACHE_MEMORY, runner=None,
+                 max_trainings: int = DEFAULT_MAX_TRAININGS):
         limits.use_large_thread_stacks()  # before DataFusion starts its threads
         self.statement_timeout = statement_timeout
         self.data_dir = Path(data_dir).resolve()
@@ -84,9 +86,7 @@ class Engine:
         self.load_problems = self.store.load()
         self._transcribers: dict[str, Any] = {}
         self._transcribers_lock = threading.Lock()
-        from planner.jobs import TrainingJobs
-        # the trainings running now: CANCEL MODEL, --max-trainings, shutdown
-        self.jobs = TrainingJobs() if max_trainings is None else TrainingJobs(max_trainings)
+        self.jobs = TrainingJobs(max_trainings)  # the trainings running now: CANCEL MODEL, shutdown
         self._runner = runner  # ml.runner.Runner: this machine (default) or a Ray cluster
 
     def close(self) -> None:
@@ -96,7 +96,7 @@ class Engine:
         if self._runner is not None:
             self._runner.close()
 
-    @functools.cached_property
+    @property
     def runner(self):
         """Where training and batch inference run (ml.runner): given at start, else this machine."""
         if self._runner is None:

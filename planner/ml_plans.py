@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -610,7 +609,7 @@ class CancelModelPlan(Plan):
         with ml_errors():
             trainings = engine.jobs.cancel(name)
             if not trainings:
-                trainings = self._just_registered(engine, name)
+                self._not_training(engine, name)
             cancelled = 0
             for training in trainings:
                 if not training.done.wait(jobs.STOP_WAIT_S):
@@ -623,19 +622,11 @@ class CancelModelPlan(Plan):
         return cancelled
 
     @staticmethod
-    def _just_registered(engine, name: str) -> list:
-        """No run of `name` trains here: NotFound for an unknown model, FailedPrecondition
-        saying its status otherwise. A run registered an instant ago (a BUILD between
-        registering its run and starting to train) is waited for briefly."""
-        from planner import jobs
+    def _not_training(engine, name: str) -> None:
+        """No BUILD / FIT of `name` runs here (a BUILD is in engine.jobs from its first row
+        read to its run's end): NotFound for an unknown model, FailedPrecondition saying its
+        status otherwise."""
         latest = engine.registry.latest_run(name)  # ModelNotFound for a model never built
-        deadline = time.monotonic() + 2.0
-        while latest["status"] == "training" and time.monotonic() < deadline:
-            time.sleep(0.05)
-            trainings = engine.jobs.cancel(name, jobs.CANCELLED_BY_STATEMENT)
-            if trainings:
-                return trainings
-            latest = engine.registry.latest_run(name)
         state = {"ready": "is ready", "failed": "failed", "cancelled": "was cancelled"}.get(latest["status"])
         if state is None:  # training in the registry, by nothing this server can stop
             raise FailedPrecondition(f"model {name!r} version {latest['version']} is being written by a "
