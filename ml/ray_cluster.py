@@ -128,6 +128,16 @@ def worker_resources(options: dict) -> tuple[dict[str, float], bool]:
     return resources, use_gpu
 
 
+def missing_room(per_worker: dict[str, float], workers: int) -> str | None:
+    """What ``workers`` workers of ``per_worker`` resources need beyond the cluster's total
+    (as "1 GPU each: 2 GPU asked, 0 in the cluster"), or None when they fit in it."""
+    ray = import_ray()
+    total = ray.cluster_resources()
+    short = [f"{amount:g} {name} each: {amount * workers:g} {name} asked, {total.get(name, 0):g} in the cluster"
+             for name, amount in per_worker.items() if amount * workers > total.get(name, 0) + 1e-9]
+    return "; ".join(short) or None
+
+
 def carried_error(exc: BaseException, what: str, fallback: type[MLError] = MLError) -> MLError:
     """The ml error a worker or replica raised, when Ray carried it back inside its own
     wrappers (a bad file, a diverged run: the user's message), else ``fallback`` saying what

@@ -18,7 +18,7 @@ import threading
 from typing import Callable
 
 from .errors import BadOptions
-from .ray_cluster import RayCluster, disconnect
+from .ray_cluster import RayCluster, disconnect, missing_room, worker_resources
 from .registry import ModelRegistry, RunInfo
 
 SCALE_OUT_DOC = "see docs/scale-out.md"
@@ -40,6 +40,7 @@ class Runner:
                              "with num_workers (a server started with --ray); without num_workers it runs in the "
                              "server, on its GPU if it has one")
         if self.cluster is not None:
+            self._check_room(training, options)
             return
         asked = []
         workers = options.get("num_workers")
@@ -55,6 +56,20 @@ class Runner:
             raise BadOptions(f"{', '.join(asked)} {'needs' if len(asked) == 1 else 'need'} a server started with "
                              f"--ray ADDRESS (Ray scale-out; {SCALE_OUT_DOC}); this server runs every statement "
                              "on this machine (on its GPU, when it has one, without use_gpu)")
+
+    def _check_room(self, training: bool, options: dict) -> None:
+        """On a Ray instance the server owns (``--ray local``: one machine, no autoscaler), a
+        statement asking for more than the instance has would wait forever for its workers:
+        refuse it now. A joined cluster may grow, so there the wait stays (docs/scale-out.md)."""
+        workers = options.get("num_workers")
+        if not self.cluster.owned or (workers is None and not training):
+            return
+        per_worker, _ = worker_resources(options)
+        shortfall = missing_room(per_worker, workers or 1)
+        if shortfall:
+            raise BadOptions(f"num_workers={workers or 1} x {shortfall}; this server's Ray instance "
+                             "(--ray local) can never place them: ask for less, or join a larger cluster "
+                             f"with --ray ADDRESS ({SCALE_OUT_DOC})")
 
     def run_training(self, registry: ModelRegistry, run: RunInfo, rows, options: dict,
                      cancel: threading.Event | None = None) -> dict:

@@ -129,6 +129,26 @@ def test_two_workers_train_and_ray_inference_equals_local(server):
     assert scores[0] == scores[1] and [r for r in scores[0] if r["metric"] == "wer"][0]["score"] < 0.3
 
 
+@pytest.mark.parametrize("statement, asked", [
+    ("BUILD MODEL never USING Wav2Vec2En OPTIONS ({train}, use_gpu=True, base_model='{ckpt}') AS SELECT * FROM six",
+     "1 GPU each: 1 GPU asked, 0 in the cluster"),
+    ("BUILD MODEL never USING Wav2Vec2En OPTIONS ({train}, num_workers=2, resources_per_worker={{'CPU': 4096}}, "
+     "base_model='{ckpt}') AS SELECT * FROM six", "4096 CPU each: 8192 CPU asked"),
+    ("PREDICT USING tiny OPTIONS (num_workers=1000) AS SELECT audio FROM six", "1 CPU each: 1000 CPU asked"),
+])
+def test_what_the_local_instance_can_never_place_is_refused_before_it_starts(server, checkpoint, statement, asked):
+    """On the server's own instance (no autoscaler) workers that can never be placed would wait
+    forever: the statement is refused as bad input, saying what it asked, and registers no run."""
+    import adbc_driver_manager
+
+    if "PREDICT" in statement and not execute(server.url, "SELECT * FROM thanosql.models WHERE name = 'tiny'"):
+        execute(server.url, "GET THANOSQL MODEL whisper_tiny_en OPTIONS (model_name='tiny')")
+    with pytest.raises(adbc_driver_manager.ProgrammingError, match="INVALID_ARGUMENT") as refused:
+        execute(server.url, statement.format(train=TRAIN, ckpt=checkpoint))
+    assert asked in str(refused.value) and "--ray local" in str(refused.value)
+    assert not execute(server.url, "SELECT * FROM thanosql.models WHERE name = 'never'")
+
+
 def test_cancel_model_stops_the_ray_job(server, checkpoint):
     url = server.url
     started = execute(url, f"BUILD MODEL slow USING Wav2Vec2En OPTIONS ({TRAIN}, epochs=200, num_workers=1, "
