@@ -73,14 +73,15 @@ def connect(address: str, data_dir: str | Path, storage: str | None = None,
     kwargs = dict(include_dashboard=False, log_to_driver=False, namespace="thanosql",
                   configure_logging=False)
     try:
-        if address == "local":
-            ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        if address == "local":  # "local", not None: None joins a cluster `ray start` left on this machine
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
         else:
             ray.init(address=address, **kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray's connection errors have many classes
+        client_mode = " and, through Ray Client, RAY_AUTH_MODE=token" if address.startswith("ray://") else ""
         raise RayUnavailable(f"cannot reach the Ray cluster at {address!r}: {str(exc).strip()[:500]} "
                              "(a cluster with token authentication needs its token: RAY_AUTH_TOKEN or "
-                             "~/.ray/auth_token)") from None
+                             f"~/.ray/auth_token{client_mode})") from None
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # no per-dataset progress reports in the log
     if address.startswith("ray://"):
         driver_address = address  # Ray Client: training processes connect the same way
@@ -141,7 +142,9 @@ def missing_room(per_worker: dict[str, float], workers: int) -> str | None:
 def carried_error(exc: BaseException, what: str, fallback: type[MLError] = MLError) -> MLError:
     """The ml error a worker or replica raised, when Ray carried it back inside its own
     wrappers (a bad file, a diverged run: the user's message), else ``fallback`` saying what
-    Ray reported, in one line."""
+    Ray reported, in one line. (A RayTaskError that Ray made an instance of its cause's class
+    is a wrapper too: its message is Ray's traceback.)"""
+    wrapper = import_ray().exceptions.RayError
     seen: set[int] = set()
     waiting = [exc]
     while waiting:  # a breadth-first walk of what Ray wraps: causes, workers' failures
@@ -149,7 +152,7 @@ def carried_error(exc: BaseException, what: str, fallback: type[MLError] = MLErr
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, MLError):
+        if isinstance(current, MLError) and not isinstance(current, wrapper):
             return current
         cause = getattr(current, "cause", None)
         waiting += [cause if isinstance(cause, BaseException) else None, current.__cause__]

@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import adbc_driver_manager
 import psutil
 import pytest
 
@@ -124,6 +125,15 @@ def test_two_workers_train_and_ray_inference_equals_local(server):
     words = " ".join(t for t in on_ray.column("predict_result").to_pylist() if t).split()
     assert len(words) > 20 and on_ray.column("predict_error").null_count == 6  # the missing file's row only
 
+    # without on_error, a file that is missing where the replica runs fails the statement as locally
+    missing = f"SELECT audio FROM six UNION ALL SELECT '{SHARED_DATA / 'no_such_file.flac'}' ORDER BY audio"
+    failures = []
+    for extra in ("", ", num_workers=2"):
+        with pytest.raises(adbc_driver_manager.ProgrammingError) as failed:
+            execute(url, f"PREDICT USING two OPTIONS (batch_size=2{extra}) AS {missing}")
+        failures.append(str(failed.value))
+    assert failures[1] == failures[0] and "INVALID_ARGUMENT" in failures[0] and "no_such_file.flac" in failures[0]
+
     scores = [execute(url, f"EVALUATE USING two OPTIONS (batch_size=2{extra}) AS SELECT * FROM six").to_pylist()
               for extra in ("", ", num_workers=2")]
     assert scores[0] == scores[1] and [r for r in scores[0] if r["metric"] == "wer"][0]["score"] < 0.3
@@ -139,8 +149,6 @@ def test_two_workers_train_and_ray_inference_equals_local(server):
 def test_what_the_local_instance_can_never_place_is_refused_before_it_starts(server, checkpoint, statement, asked):
     """On the server's own instance (no autoscaler) workers that can never be placed would wait
     forever: the statement is refused as bad input, saying what it asked, and registers no run."""
-    import adbc_driver_manager
-
     if "PREDICT" in statement and not execute(server.url, "SELECT * FROM thanosql.models WHERE name = 'tiny'"):
         execute(server.url, "GET THANOSQL MODEL whisper_tiny_en OPTIONS (model_name='tiny')")
     with pytest.raises(adbc_driver_manager.ProgrammingError, match="INVALID_ARGUMENT") as refused:
