@@ -19,7 +19,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ SHARED_ROOT = SHARED_DATA.parent
 _TESTS = str(REPO / "tests")
 if _TESTS not in sys.path:
     sys.path.insert(0, _TESTS)
-from server_process import ServerProcess  # noqa: E402  (tests/server_process.py)
+from server_process import ServerProcess, free_port  # noqa: E402  (tests/server_process.py)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -370,12 +369,6 @@ def find_postgres_bin() -> Path | None:
     if initdb and shutil.which("pg_ctl"):
         return Path(os.path.realpath(initdb)).parent
     return None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class PostgresCluster:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("THANOSQL_TEST_DATA",
                                   REPO.parent / "shared" / "datasets" / "librispeech_data")).resolve()
+
+
+def free_port() -> int:
+    """A loopback port free now (for a process that needs its port given)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class ServerProcess:

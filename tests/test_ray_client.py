@@ -23,7 +23,7 @@ import pytest
 
 from ml.checkpoints import make_random_checkpoint
 from ml_fixtures import execute, read_rows, shortest
-from server_process import SHARED_DATA, ServerProcess
+from server_process import SHARED_DATA, ServerProcess, free_port
 
 pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install -e '.[ray]'")
 
@@ -31,12 +31,6 @@ pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install
 START_S = 120
 #: Ray Client sends the cluster's token only when told the cluster uses tokens.
 CLIENT_ENV = {"RAY_AUTH_MODE": "token"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(port: int) -> bool:
@@ -55,7 +49,7 @@ def _client_connects(port: int) -> bool:
 @pytest.fixture(scope="module")
 def head():
     """(GCS port, Ray Client port) of a head node of 2 CPUs, stopped with every process it started."""
-    gcs, client = _free_port(), _free_port()
+    gcs, client = free_port(), free_port()
     temp_dir = tempfile.mkdtemp(prefix="rh")  # short: Ray's socket paths live under it
     log = open(Path(temp_dir) / "head.log", "wb")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
