@@ -34,12 +34,14 @@ class RayUnavailable(MLError):
 @dataclass(frozen=True)
 class RayCluster:
     """Where to reach the cluster (``address``: what a training process passes to
-    ``ray.init``) and where Ray Train keeps checkpoints (``storage``: a folder every node
-    sees, or a cloud URI, on a multi-node cluster)."""
+    ``ray.init``), where Ray Train keeps checkpoints (``storage``: a folder every node
+    sees, or a cloud URI, on a multi-node cluster), and, for the instance the server owns
+    (``--ray local``: one machine, no autoscaler), its resources, which never change
+    (``capacity``; None for a joined cluster, which may grow)."""
 
     address: str
     storage: str
-    owned: bool = False
+    capacity: dict[str, float] | None = None
 
 
 def import_ray():
@@ -91,7 +93,7 @@ def connect(address: str, data_dir: str | Path, storage: str | None = None,
     log.info("joined Ray at %s (%s; %g CPUs, %g GPUs); checkpoints in %s", driver_address,
              "started here" if address == "local" else address, resources.get("CPU", 0),
              resources.get("GPU", 0), storage)
-    return RayCluster(driver_address, storage, owned=address == "local")
+    return RayCluster(driver_address, storage, capacity=resources if address == "local" else None)
 
 
 def _forget_old_runs(storage: Path) -> None:
@@ -129,11 +131,9 @@ def worker_resources(options: dict) -> tuple[dict[str, float], bool]:
     return resources, use_gpu
 
 
-def missing_room(per_worker: dict[str, float], workers: int) -> str | None:
-    """What ``workers`` workers of ``per_worker`` resources need beyond the cluster's total
+def missing_room(per_worker: dict[str, float], workers: int, total: dict[str, float]) -> str | None:
+    """What ``workers`` workers of ``per_worker`` resources need beyond the cluster's ``total``
     (as "1 GPU each: 2 GPU asked, 0 in the cluster"), or None when they fit in it."""
-    ray = import_ray()
-    total = ray.cluster_resources()
     short = [f"{amount:g} {name} each: {amount * workers:g} {name} asked, {total.get(name, 0):g} in the cluster"
              for name, amount in per_worker.items() if amount * workers > total.get(name, 0) + 1e-9]
     return "; ".join(short) or None

@@ -62,10 +62,10 @@ class Runner:
         statement asking for more than the instance has would wait forever for its workers:
         refuse it now. A joined cluster may grow, so there the wait stays (docs/scale-out.md)."""
         workers = options.get("num_workers")
-        if not self.cluster.owned or (workers is None and not training):
+        if self.cluster.capacity is None or (workers is None and not training):
             return
         per_worker, _ = worker_resources(options)
-        shortfall = missing_room(per_worker, workers or 1)
+        shortfall = missing_room(per_worker, workers or 1, self.cluster.capacity)
         if shortfall:
             raise BadOptions(f"num_workers={workers or 1} x {shortfall}; this server's Ray instance "
                              "(--ray local) can never place them: ask for less, or join a larger cluster "
