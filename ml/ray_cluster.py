@@ -14,6 +14,7 @@ Ray documents (``RAY_AUTH_TOKEN`` or the token file); a refused connection says 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -23,6 +24,10 @@ from pathlib import Path
 from .errors import MLError
 
 log = logging.getLogger("thanosql.ml")
+
+#: Ray Client connections tried before giving up on a failed per-client server (see init).
+CLIENT_CONNECT_TRIES = 3
+CLIENT_SERVER_FAILED = "Starting Ray client server failed"
 
 INSTALL_HINT = "pip install -e '.[ray]' (or pip install 'ray[train,data]>=2.60')"
 
@@ -74,11 +79,10 @@ def connect(address: str, data_dir: str | Path, storage: str | None = None,
         _forget_old_runs(Path(storage))
     kwargs = dict(include_dashboard=False, log_to_driver=False, namespace="thanosql",
                   configure_logging=False)
+    if address == "local":  # "local", not None: None joins a cluster `ray start` left on this machine
+        kwargs["num_cpus"] = num_cpus or os.cpu_count()
     try:
-        if address == "local":  # "local", not None: None joins a cluster `ray start` left on this machine
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count(), **kwargs)
-        else:
-            ray.init(address=address, **kwargs)
+        init(address, **kwargs)
     except Exception as exc:  # noqa: BLE001 - Ray's connection errors have many classes
         client_mode = " and, through Ray Client, RAY_AUTH_MODE=token" if address.startswith("ray://") else ""
         raise RayUnavailable(f"cannot reach the Ray cluster at {address!r}: {str(exc).strip()[:500]} "
@@ -94,6 +98,27 @@ def connect(address: str, data_dir: str | Path, storage: str | None = None,
              "started here" if address == "local" else address, resources.get("CPU", 0),
              resources.get("GPU", 0), storage)
     return RayCluster(driver_address, storage, capacity=resources if address == "local" else None)
+
+
+def init(address: str, **kwargs) -> None:
+    """``ray.init(address=address, ...)`` in this process. Ray 2.60's Ray Client server at
+    times fails to start the per-client server it forks (the child dies at once, and the
+    client hears of it 30 s later: one connection in four, measured on a loaded 2-core
+    machine, the first after the head starts most often); such a ``ray://`` connection is
+    tried again, up to CLIENT_CONNECT_TRIES times."""
+    ray = import_ray()
+    for attempt in range(1, CLIENT_CONNECT_TRIES + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except Exception as exc:  # noqa: BLE001 - Ray Client reports it as a plain ConnectionAbortedError
+            if not address.startswith("ray://") or CLIENT_SERVER_FAILED not in str(exc) \
+                    or attempt == CLIENT_CONNECT_TRIES:
+                raise
+            log.warning("Ray Client at %s could not start this connection's server (try %d of %d); "
+                        "trying again", address, attempt, CLIENT_CONNECT_TRIES)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
 
 
 def _forget_old_runs(storage: Path) -> None:

@@ -34,7 +34,7 @@ import numpy as np
 from .audio import load_audio
 from .distributed import Step, StepPlan, Team
 from .errors import MLError, TrainingFailed
-from .ray_cluster import RayCluster, carried_error, dataset_of, import_ray, worker_resources
+from .ray_cluster import RayCluster, carried_error, dataset_of, init, worker_resources
 from .training_loop import SUMMARY_FILE
 
 log = logging.getLogger("thanosql.ml")
@@ -178,9 +178,8 @@ def train_on_ray(cluster: RayCluster, class_name: str, base: str, rows: Sequence
 
     from .options import validate
 
-    ray = import_ray()
     opts = validate(class_name, "fit", {k: v for k, v in options.items() if k != "base_model"})
-    ray.init(address=cluster.address, log_to_driver=False, namespace="thanosql", configure_logging=False)
+    init(cluster.address, log_to_driver=False, namespace="thanosql", configure_logging=False)
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
     from ray.util.queue import Queue
